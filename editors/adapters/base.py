@@ -1,0 +1,97 @@
+"""The contract between editing methods / the evaluation engine and a model family.
+
+An adapter is the only code that knows a model family's internals (module names, prompt format,
+processor quirks). Methods and the engine only ever talk to a :class:`ModelAdapter`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Query:
+    """One model query: an optional image, a question, the answer to teacher-force or expect.
+
+    ``context`` is text placed before the question inside the prompt (IKE demonstrations,
+    a retrieved edit for SERAC's counterfactual model); empty for a plain query.
+    """
+
+    question: str
+    answer: str
+    image: Image.Image | None = None
+    context: str = ""
+
+
+@dataclass
+class EncodedBatch:
+    """Padded model inputs for a list of queries, in the order given.
+
+    ``inputs`` are the keyword arguments of the model's forward. ``answer_slices[i]`` is the
+    ``slice`` of positions in the logits of row ``i`` whose argmax predicts the answer tokens
+    ``target_ids[i]`` (position ``t`` predicts token ``t + 1``). ``valid_positions[i]`` is the
+    slice of all real (non-padding) positions of row ``i`` that predict a next token, image
+    positions included: the token-protocol locality compares pre/post over exactly these.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    target_ids: list[list[int]]
+    answer_slices: list[slice]
+    valid_positions: list[slice]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        self.inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
+        return self
+
+
+class ModelAdapter(ABC):
+    """Wraps one loaded transformers LVLM and its processor."""
+
+    #: registry key, e.g. "llava"
+    family: ClassVar[str]
+    #: ``config.model_type`` values this adapter handles
+    model_types: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+
+    # -- inputs -----------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, queries: list[Query]) -> EncodedBatch:
+        """Teacher-forced inputs: prompt(context, image, question) followed by the answer."""
+
+    @abstractmethod
+    def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers (prompt without the answer), decoded and stripped."""
+
+    # -- modules a method may edit ----------------------------------------------------------
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList:
+        """The language model's decoder layers, bottom to top."""
+
+    @abstractmethod
+    def mlp(self, layer: int) -> nn.Module:
+        """The MLP block of decoder layer ``layer`` (negative indices count from the top)."""
+
+    @abstractmethod
+    def vision_side_module(self) -> nn.Module:
+        """What FT-vision trains: projector (LLaVA), Q-Former (BLIP-2), last vision block (Qwen2-VL)."""
+
+    @abstractmethod
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Final norm (and projection) + LM head applied to the last decoder layer's output."""
+
+    def input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
