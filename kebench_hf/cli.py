@@ -12,7 +12,15 @@ import logging
 import sys
 
 #: modules that contribute sub-commands, in the order they appear in ``kebench --help``
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "kebench_hf.world.commands",
+    "kebench_hf.construct.commands",
+    "kebench_hf.export",
+    "kebench_hf.hub",
+    "editors.commands",
+    "kebench_hf.scoring",
+    "kebench_hf.leaderboard.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

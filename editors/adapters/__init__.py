@@ -1,0 +1,65 @@
+"""Model adapters, one file per family, selected from ``model.config.model_type``.
+
+To add a family: write ``editors/adapters/<family>.py`` with a :class:`ModelAdapter` subclass
+(usually a :class:`~editors.adapters.chat.ChatTemplateAdapter` naming its modules) and add it to
+``ADAPTERS`` below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+from editors.adapters.blip2 import Blip2Adapter
+from editors.adapters.idefics3 import Idefics3Adapter
+from editors.adapters.llava import LlavaAdapter
+from editors.adapters.llava_next import LlavaNextAdapter
+from editors.adapters.qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    adapter.family: adapter
+    for adapter in (LlavaAdapter, Blip2Adapter, Qwen2VLAdapter, Idefics3Adapter, LlavaNextAdapter)
+}
+
+
+def adapter_class(model_type: str) -> type[ModelAdapter]:
+    """The adapter handling ``config.model_type`` ``model_type``."""
+    for adapter in ADAPTERS.values():
+        if model_type in adapter.model_types:
+            return adapter
+    known = sorted(t for adapter in ADAPTERS.values() for t in adapter.model_types)
+    raise ValueError(f"no model adapter for model_type {model_type!r}; known model types: {', '.join(known)}")
+
+
+def adapter_for(model: nn.Module, processor: Any) -> ModelAdapter:
+    """Wrap a loaded model and its processor in the adapter of the model's family."""
+    config = getattr(model, "config", None)
+    if config is None or not getattr(config, "model_type", None):
+        raise ValueError(f"{type(model).__name__} has no config.model_type to choose a model adapter from")
+    return adapter_class(config.model_type)(model, processor)
+
+
+def load_adapter(
+    path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> ModelAdapter:
+    """Load a model and its processor (local directory or hub id) and wrap them in their adapter."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    source = str(path_or_hub_id)
+    if Path(source).suffix == "" and not Path(source).exists() and source.count("/") != 1:
+        raise FileNotFoundError(f"model {source!r}: no such directory, and not a hub id (owner/name)")
+    # Refuse an unknown family before loading any weights.
+    adapter = adapter_class(AutoConfig.from_pretrained(source).model_type)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
+    model.to(device).eval()
+    load_processor = getattr(adapter, "load_processor", AutoProcessor.from_pretrained)
+    return adapter(model, load_processor(source))
+
+
+__all__ = ["ADAPTERS", "EncodedBatch", "ModelAdapter", "Query", "adapter_class", "adapter_for", "load_adapter"]

@@ -19,8 +19,13 @@ from torch import nn
 class Query:
     """One model query: an optional image, a question, the answer to teacher-force or expect.
 
-    ``context`` is text placed before the question inside the prompt (IKE demonstrations,
-    a retrieved edit for SERAC's counterfactual model); empty for a plain query.
+    ``context`` is text the model reads before the query (IKE demonstrations + the new fact,
+    a retrieved edit for SERAC's counterfactual model); empty for a plain query. Adapters put it
+    at the very start of the sequence, right after BOS and BEFORE the chat template / image, so
+    that (a) all queries of an edit case share one token prefix whose KV cache the engine computes
+    once, and (b) the query's own tokens are the same with or without context (see
+    :class:`EncodedBatch`). The exact text between context and prompt is the adapter's choice
+    (e.g. ``context + "\n"``), the same in ``encode`` and ``generate``.
     """
 
     question: str
@@ -38,6 +43,14 @@ class EncodedBatch:
     ``target_ids[i]`` (position ``t`` predicts token ``t + 1``). ``valid_positions[i]`` is the
     slice of all real (non-padding) positions of row ``i`` that predict a next token, image
     positions included: the token-protocol locality compares pre/post over exactly these.
+
+    Context (see :class:`Query`) shifts, never widens, a row: with ``C`` context tokens after BOS,
+    ``valid_positions[i]`` is ``slice(C, C + n)`` where ``slice(0, n)`` is the same query's
+    valid positions without context (position ``C``, the last context token, predicts the first
+    prompt token as BOS does without context), and ``answer_slices[i]`` shifts by ``C`` too. So
+    pre-edit (no context) and post-edit (IKE context) locality compare position by position.
+    Positions before ``min(valid_positions[i].start)`` must be the same tokens in every row of a
+    batch whose queries share one context: the engine runs them once and reuses their KV cache.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -58,6 +71,11 @@ class ModelAdapter(ABC):
     family: ClassVar[str]
     #: ``config.model_type`` values this adapter handles
     model_types: ClassVar[tuple[str, ...]]
+    #: whether ``model(input_ids=suffix, past_key_values=prefix_cache, attention_mask=full, ...)``
+    #: gives the same logits as the full forward (true for LLaVA-style models; a family whose
+    #: position ids depend on the whole sequence, e.g. Qwen2-VL's M-RoPE, sets it False and the
+    #: engine then runs the context with every query)
+    supports_prefix_cache: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
@@ -75,7 +93,12 @@ class ModelAdapter(ABC):
     # -- modules a method may edit ----------------------------------------------------------
     @abstractmethod
     def decoder_layers(self) -> nn.ModuleList:
-        """The language model's decoder layers, bottom to top."""
+        """The language model's decoder layers, bottom to top.
+
+        The engine captures each layer's inputs (forward pre-hooks with kwargs) during one full
+        forward and then re-runs only ``decoder_layers()[i:]`` + :meth:`head` per optimisation
+        step, so ``head(last layer's output)`` must equal the model's logits.
+        """
 
     @abstractmethod
     def mlp(self, layer: int) -> nn.Module:

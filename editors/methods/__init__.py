@@ -1,0 +1,32 @@
+"""The registry of editing methods: name -> ``"module:Class"``, imported on first use.
+
+Adding a method = one module with a config dataclass + an :class:`EditMethod` subclass, and one
+line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from editors.methods.base import AppliedEdit, EditMethod, MethodConfig
+
+METHODS: dict[str, str] = {
+    "ft-vision": "editors.methods.ft_vision:FTVision",
+    "ft-llm": "editors.methods.ft_llm:FTLLM",
+    "ike": "editors.methods.ike:IKE",
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> type[EditMethod]:
+    """The method class registered as ``name``; unknown names are a one-line error."""
+    if name not in METHODS:
+        raise ValueError(f"unknown editing method {name!r}; known methods: {', '.join(METHODS)}")
+    module, _, attribute = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+__all__ = ["METHODS", "AppliedEdit", "EditMethod", "MethodConfig", "get_method", "method_names"]

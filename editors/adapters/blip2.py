@@ -1,0 +1,72 @@
+"""BLIP-2 (``Blip2ForConditionalGeneration``: ViT -> Q-Former -> projection -> OPT).
+
+Layout of a row: ``[context] [image query tokens] [BOS] "Question: {q} Answer:" " {answer}"`` —
+BLIP-2 puts its query tokens before BOS, so the context (which must lead every row) comes first.
+The Blip2Processor prepends image tokens to every text of a batch, so rows are assembled here;
+a batch without any image passes empty precomputed image features instead of pixels.
+Shared KV prefixes are not supported: the image tokens of different rows share ids, not content.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
+
+from editors.adapters.base import Query
+from editors.adapters.chat import ChatTemplateAdapter
+
+
+class Blip2Adapter(ChatTemplateAdapter):
+    family = "blip2"
+    model_types = ("blip-2",)
+    supports_prefix_cache = False
+
+    def prompt(self, query: Query) -> str:
+        return f"Question: {query.question} Answer:"
+
+    def process(self, queries: list[Query]) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+        texts = self.tokenizer([self.prompt(query) for query in queries])["input_ids"]
+        image_tokens = [self.model.config.image_token_index] * self.model.config.num_query_tokens
+        prompts = [image_tokens + ids if query.image is not None else ids for ids, query in zip(texts, queries, strict=True)]
+        images = self.processor_images(queries)
+        if images:
+            return prompts, {"pixel_values": self.processor.image_processor(images, return_tensors="pt")["pixel_values"]}
+        # Text only: no image features to compute, and the forward requires either pixels or these.
+        no_images = BaseModelOutputWithVisionQformerOutputs(
+            pooler_output=torch.zeros(0, self.model.config.text_config.hidden_size)
+        )
+        return prompts, {"pixel_values": None, "mm_encoder_outputs": {"image": no_images}}
+
+    @torch.no_grad()
+    def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
+        if any(query.image is not None for query in queries):
+            return super().generate(queries, max_new_tokens)
+        # BLIP-2's own generate always runs the vision model: text-only prompts go to the LM alone.
+        prompts, _, _ = self._prompts(queries)
+        inputs = {key: value.to(self.device) for key, value in self._padded(prompts, side="left").items()}
+        output = self.model.language_model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def language_model(self) -> nn.Module:
+        return self.model.language_model.model.decoder
+
+    def mlp(self, layer: int) -> nn.Module:
+        """OPT layers have no MLP submodule: their two MLP projections, ``fc1`` and ``fc2``."""
+        block = self.decoder_layers()[layer]
+        return nn.ModuleList([block.fc1, block.fc2])
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        decoder = self.language_model()
+        if decoder.final_layer_norm is not None:
+            hidden_states = decoder.final_layer_norm(hidden_states)
+        if decoder.project_out is not None:
+            hidden_states = decoder.project_out(hidden_states)
+        return self.model.language_model.lm_head(hidden_states)
+
+    def vision_side_module(self) -> nn.Module:
+        return self.model.qformer

@@ -1,0 +1,175 @@
+"""Inputs built through a family's own processor and chat template, shared by every family here.
+
+A row is ``[leading special tokens (BOS)] + context tokens + prompt tokens + answer tokens``:
+
+- the prompt is the processor's chat template applied to one user turn (image first, then the
+  question) with the generation prompt appended; it goes through the processor, which expands
+  the image placeholders and prepares the pixels, once per batch;
+- the context (``Query.context`` + ``"\\n"``) and the answer (``answer_prefix + answer``) are
+  tokenized on their own and spliced in, so a query's own tokens are identical with or without
+  context, and the answer tokens are known exactly rather than recovered from a joint
+  tokenization.
+
+Padding: :meth:`encode` pads on the right (a row's real tokens sit at positions ``0..n-1``, so
+``answer_slices`` / ``valid_positions`` count from the row's start); :meth:`generate` pads on the
+left, as batched generation requires.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+
+#: processor outputs that hold one value per token; they are rebuilt for the assembled rows
+_PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+class ChatTemplateAdapter(ModelAdapter):
+    """Encoding and generation for processors with a chat template; families add module names."""
+
+    #: text between the generation prompt and the answer
+    answer_prefix: ClassVar[str] = " "
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        super().__init__(model, processor)
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer of this {self.family} model has no pad token")
+
+    @classmethod
+    def load_processor(cls, source: str) -> Any:
+        """The processor saved with the model at ``source`` (local directory or hub id)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source)
+
+    # -- modules: a family names its language model and the rest follows ----------------------
+    def language_model(self) -> nn.Module:
+        """The decoder stack (embeddings, layers, final norm) without the LM head."""
+        return self.model.model.language_model
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model().layers
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.decoder_layers()[layer].mlp
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.language_model().norm(hidden_states))
+
+    # -- inputs ----------------------------------------------------------------------------
+    def prompt(self, query: Query) -> str:
+        """The prompt text of ``query`` (without context) up to where the answer starts."""
+        content: list[dict[str, str]] = [{"type": "image"}] if query.image is not None else []
+        content.append({"type": "text", "text": query.question})
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+
+    def processor_images(self, queries: list[Query]) -> Any:
+        """The queries' images in the layout this family's processor expects (flat by default)."""
+        images = [query.image.convert("RGB") for query in queries if query.image is not None]
+        return images or None
+
+    def per_token_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-token forward inputs of assembled rows, with modality types where the processor
+        makes them (models with multimodal rotary positions need them)."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if getattr(self.processor, "return_mm_token_type_ids", False):
+            types = self.processor.create_mm_token_type_ids(input_ids.tolist())
+            inputs["mm_token_type_ids"] = torch.tensor(types, dtype=torch.int32)
+        return inputs
+
+    def process(self, queries: list[Query]) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+        """Each query's prompt token ids (unpadded) and the other (image) inputs of the batch."""
+        batch = self.processor(
+            text=[self.prompt(query) for query in queries],
+            images=self.processor_images(queries),
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+        )
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        prompts = [batch["input_ids"][row, :length].tolist() for row, length in enumerate(lengths)]
+        return prompts, {key: value for key, value in batch.items() if key not in _PER_TOKEN_KEYS}
+
+    def _prompts(self, queries: list[Query]) -> tuple[list[list[int]], list[int], dict[str, torch.Tensor]]:
+        """Each query's ``[BOS] + context + prompt`` token ids, its number of context tokens, and
+        the batch's other (image) inputs."""
+        if not queries:
+            raise ValueError("no queries to encode")
+        for index, query in enumerate(queries):
+            if not isinstance(query.question, str) or not query.question.strip():
+                raise ValueError(f"query {index}: field 'question' is empty or not a string")
+            if not isinstance(query.context, str):
+                raise ValueError(f"query {index} ({query.question!r}): field 'context' is not a string")
+        prompts, other = self.process(queries)
+        contexts = {query.context for query in queries if query.context}
+        context_ids: dict[str, list[int]] = {"": []}
+        if contexts:
+            tokenized = self.tokenizer([c + "\n" for c in contexts], add_special_tokens=False)["input_ids"]
+            context_ids.update(zip(contexts, tokenized, strict=True))
+        rows = []
+        for prompt, query in zip(prompts, queries, strict=True):
+            lead = 1 if prompt and prompt[0] == self.tokenizer.bos_token_id else 0
+            rows.append(prompt[:lead] + context_ids[query.context] + prompt[lead:])
+        dtype = self.model.dtype
+        other = {
+            key: value.to(dtype) if torch.is_tensor(value) and torch.is_floating_point(value) else value
+            for key, value in other.items()
+        }
+        return rows, [len(context_ids[query.context]) for query in queries], other
+
+    def _answers(self, queries: list[Query], with_eos: bool) -> list[list[int]]:
+        for index, query in enumerate(queries):
+            if not isinstance(query.answer, str) or not query.answer.strip():
+                raise ValueError(f"query {index} ({query.question!r}): field 'answer' is empty or not a string")
+        ids = self.tokenizer([self.answer_prefix + q.answer for q in queries], add_special_tokens=False)["input_ids"]
+        return [row + [self.tokenizer.eos_token_id] for row in ids] if with_eos else ids
+
+    def _padded(self, rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, row in enumerate(rows):
+            span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+            input_ids[index, span] = torch.tensor(row)
+            attention_mask[index, span] = 1
+        return self.per_token_inputs(input_ids, attention_mask)
+
+    def encode(self, queries: list[Query], with_eos: bool = False) -> EncodedBatch:
+        """Right-padded teacher-forced batch; ``with_eos`` also targets the end-of-answer token.
+
+        ``extra["context_lengths"]`` holds each row's number of context tokens.
+        """
+        prompts, context_lengths, inputs = self._prompts(queries)
+        answers = self._answers(queries, with_eos)
+        inputs.update(self._padded([p + a for p, a in zip(prompts, answers, strict=True)], side="right"))
+        return EncodedBatch(
+            inputs=inputs,
+            target_ids=answers,
+            answer_slices=[slice(len(p) - 1, len(p) - 1 + len(a)) for p, a in zip(prompts, answers, strict=True)],
+            valid_positions=[
+                slice(c, len(p) + len(a) - 1) for c, p, a in zip(context_lengths, prompts, answers, strict=True)
+            ],
+            extra={"context_lengths": context_lengths},
+        )
+
+    @torch.no_grad()
+    def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
+        prompts, _, inputs = self._prompts(queries)
+        inputs.update(self._padded(prompts, side="left"))
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        output = self.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

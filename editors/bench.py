@@ -1,0 +1,199 @@
+"""``kebench bench``: our engine against a faithful reference-style loop, side by side.
+
+The reference-style loop does what the reference code does per edit case: a deep copy of the
+model, the processor called once per query, batch size 1 everywhere, pre-edit outputs recomputed
+for the case, and the method run the plain way (FT: every optimisation step through the whole
+network; IKE: the in-context prompt re-read with every query). Both loops compute the same
+outputs for the same cases, so their token-protocol scores must agree (up to floating-point
+reduction order); the benchmark checks that, then reports seconds per edit, the speed ratio and
+peak memory (CPU: resident set size above the loop's start, sampled; CUDA: peak allocated).
+
+Shapes: ``tiny`` is the built-in tiny LLaVA; ``deep-narrow`` is a LLaVA whose language model has
+the 32 decoder layers of LLaVA-1.5-7B at a small hidden size (random weights): there the cost
+structure (many layers, each cheap) is the real one.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editors.adapters.base import ModelAdapter
+from editors.cases import CaseSequence, EditCase
+from editors.engine import Engine, EngineOptions, ScoredCase, case_queries, case_seed
+from editors.forward import score_queries
+from editors.methods.base import EditMethod
+from editors.run import default_model, default_world, load_split, make_method
+
+logger = logging.getLogger(__name__)
+
+#: the plain way of running each method (what the reference code does)
+REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {"ft-llm": {"cache_frozen_layers": False}}
+#: the deep-narrow language model: LLaVA-1.5-7B's depth, narrow
+DEEP_NARROW = {"text_layers": 32, "hidden_size": 64, "heads": 4}
+AGREEMENT_POINTS = 0.1
+
+
+@dataclass
+class Measurement:
+    shape: str
+    method: str
+    cases: int
+    ours_seconds_per_edit: float
+    reference_seconds_per_edit: float
+    ours_peak_mib: float
+    reference_peak_mib: float
+    max_score_difference: float
+    ours_scores: dict[str, float | None]
+
+    @property
+    def speedup(self) -> float:
+        return self.reference_seconds_per_edit / self.ours_seconds_per_edit
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA peak allocated, or sampled RSS above the start (MiB)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss_mib() -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096 / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._highest = max(self._highest, self._rss_mib())
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated() / 2**20
+        else:
+            self._start = self._highest = self._rss_mib()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 - self._start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = max(self._highest, self._rss_mib()) - self._start
+
+
+def engine_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]) -> list[dict[str, Any]]:
+    engine = Engine(adapter, method, EngineOptions(generate=False))
+    return [row for result in engine.run((case.case_id, case) for case in cases) for row in result.rows]
+
+
+def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]) -> list[dict[str, Any]]:
+    """The reference code's loop, producing the same rows as :class:`Engine` (token protocol)."""
+    options = EngineOptions(generate=False)
+    rows = []
+    for case in cases:
+        labels, queries, topk = case_queries(case, options)
+        edited = type(adapter)(copy.deepcopy(adapter.model), adapter.processor)
+        pre = [score_queries(adapter, [query], [k])[0] for query, k in zip(queries, topk, strict=True)]
+        torch.manual_seed(case_seed(options.seed, case.case_id))
+        applied = method.apply(edited, case)
+        post = [applied.score([query], [k])[0] for query, k in zip(queries, topk, strict=True)]
+        rows += ScoredCase(case, labels, queries, topk, pre, [""] * len(queries)).rows(post, [""] * len(queries))
+        del edited, applied
+    return rows
+
+
+def _timed(loop: Callable[[], list[dict[str, Any]]], device: torch.device) -> tuple[list[dict[str, Any]], float, float]:
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        rows = loop()
+        seconds = time.perf_counter() - started
+    return rows, seconds, memory.peak_mib
+
+
+def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[EditCase], train: CaseSequence) -> Measurement:
+    from metric.kebench import score_predictions
+
+    ours = make_method(method_name, {})
+    reference = make_method(method_name, REFERENCE_OPTIONS.get(method_name, {}))
+    for method in (ours, reference):
+        method.prepare(adapter, train)
+    adapter.model.requires_grad_(False)
+    score_queries(adapter, [cases[0].edit_query], [0])  # warm-up, outside both timings
+    our_rows, our_seconds, our_peak = _timed(lambda: engine_rows(adapter, ours, cases), adapter.device)
+    ref_rows, ref_seconds, ref_peak = _timed(lambda: reference_rows(adapter, reference, cases), adapter.device)
+    our_scores = score_predictions(our_rows, protocol="token", bootstrap=0)["scores"]
+    ref_scores = score_predictions(ref_rows, protocol="token", bootstrap=0)["scores"]
+    difference = max(
+        (abs(our_scores[name] - ref_scores[name]) for name in our_scores if our_scores[name] is not None),
+        default=0.0,
+    )
+    if difference > AGREEMENT_POINTS:
+        raise AssertionError(
+            f"{shape}/{method_name}: engine and reference-style loop disagree by {difference:.3f} points "
+            f"(ours {our_scores}, reference {ref_scores})"
+        )
+    return Measurement(shape, method_name, len(cases), our_seconds / len(cases), ref_seconds / len(cases),
+                       our_peak, ref_peak, difference, our_scores)
+
+
+def deep_narrow_model(data: Path) -> Path:
+    """A LLaVA with 32 narrow decoder layers (random weights), tokenizer trained on ``data``'s text; cached."""
+    from editors.tiny import TinySpec, build_tiny_model
+    from kebench_hf.paths import cache_dir
+
+    out = cache_dir() / "models" / "deep-narrow-llava"
+    if not (out / "config.json").exists():
+        texts = [value for record in CaseSequence(load_split(data, "edit", "train")).texts()
+                 for key, value in record.items() if key != "case_id"]
+        build_tiny_model("llava", texts, out, spec=TinySpec(**DEEP_NARROW))
+    return out
+
+
+def format_measurements(measurements: list[Measurement]) -> str:
+    lines = [
+        "| shape | method | cases | ours s/edit | reference s/edit | speed-up | ours peak MiB | reference peak MiB "
+        "| max token-score diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in measurements:
+        lines.append(
+            f"| {m.shape} | {m.method} | {m.cases} | {m.ours_seconds_per_edit:.3f} | {m.reference_seconds_per_edit:.3f} "
+            f"| {m.speedup:.1f}x | {m.ours_peak_mib:.0f} | {m.reference_peak_mib:.0f} | {m.max_score_difference:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[str] | None = None,
+              device: str = "cpu") -> str:
+    """Measure every (shape, method) on the first ``limit`` test cases of the default world."""
+    from editors.adapters import load_adapter
+
+    data = default_world()
+    rows = load_split(data, "edit", "test")
+    cases = list(CaseSequence(rows.select(range(min(limit, len(rows))))))
+    train = CaseSequence(load_split(data, "edit", "train"))
+    models = {"tiny": default_model, "deep-narrow": lambda: deep_narrow_model(data)}
+    measurements = []
+    for shape in shapes or list(models):
+        adapter = load_adapter(models[shape](), device=device)
+        for method_name in methods or ["ft-llm", "ike"]:
+            logger.info("bench: %s / %s on %d cases", shape, method_name, len(cases))
+            measurements.append(measure(shape, adapter, method_name, cases, train))
+    return format_measurements(measurements)

@@ -1,0 +1,130 @@
+"""``kebench`` sub-commands of the editors package (each group adds its parsers in ``add_commands``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from editors.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    summary = pretrain(args.data, args.out, config)
+    print(json.dumps(summary, indent=2))
+    print(f"saved to {args.out} (load with AutoModelForImageTextToText / AutoProcessor.from_pretrained)")
+    return 0
+
+
+def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
+    from editors.pretrain import PretrainConfig
+    from editors.tiny import BUILDERS
+
+    defaults = PretrainConfig()
+    parser = subparsers.add_parser(
+        "pretrain", help="build a tiny LVLM of a real architecture and train it on a pre-edit KEBench world"
+    )
+    parser.add_argument("--arch", choices=sorted(BUILDERS), default=defaults.arch)
+    parser.add_argument("--data", required=True, help="KEBench directory (release layout or exported dataset)")
+    parser.add_argument("--out", required=True, help="model directory to write (resumes if a checkpoint is there)")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.set_defaults(func=_pretrain)
+
+
+def _method_options(pairs: list[str]) -> dict[str, object]:
+    """``--set steps=20 --set lr=1e-3`` -> ``{"steps": 20, "lr": 0.001}`` (values read as JSON when they parse)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from editors import run as runs
+
+    explicit = [name for name in _RUN_OPTIONS if getattr(args, name) not in (None, False, [])]
+    if args.method is None:
+        if explicit:
+            raise ValueError("--method is required (run `kebench run` with no arguments for the main job)")
+        root = runs.main_job()
+        print((root / "table.md").read_text())
+        print(f"runs, table and plot in {root} (plot: {root / 'scores.png'})")
+        return 0
+    if args.out is None:
+        raise ValueError("--out RUN_DIR is required with --method")
+    settings = runs.RunSettings(
+        method=args.method, out=Path(args.out), model=args.model, data=args.data, config=args.config or "edit",
+        split=args.split or "test", limit=args.limit, device=args.device or "cpu", dtype=args.dtype or "float32",
+        sequential=args.sequential or 1, resume=args.resume, editor=Path(args.editor) if args.editor else None,
+        seed=args.seed or 0, generate=not args.no_generate, method_options=_method_options(args.set or []),
+    )
+    scores = runs.run(settings)
+    print(runs.score_table({args.method: scores}, "token"))
+    print(runs.score_table({args.method: scores}, "generate"))
+    print(f"predictions, scores.json and run.json in {args.out}")
+    return 0
+
+
+_RUN_OPTIONS = ("method", "model", "data", "config", "split", "limit", "device", "dtype", "sequential",
+                "resume", "editor", "out", "seed", "no_generate", "set")
+
+
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="edit a model with one method over a KEBench split and score it (no arguments: the main job)",
+        description="With no arguments: build (once, cached) the default world and tiny LLaVA, run every "
+        "registered method on the test split and print the six scores per method, plus a PNG plot.",
+    )
+    parser.add_argument("--method", help="editing method (ft-llm, ft-vision, ike, ...)")
+    parser.add_argument("--model", help="model directory or hub id (default: the built-in tiny LLaVA)")
+    parser.add_argument("--data", help="KEBench directory or hub dataset repo (default: the default world)")
+    parser.add_argument("--config", help="dataset config: edit (default), multihop, edit_onehop")
+    parser.add_argument("--split", help="split to edit (default: test)")
+    parser.add_argument("--limit", type=int, help="edit only the first N cases")
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    parser.add_argument("--sequential", type=int, help="apply N edits without restoring, then score them all")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cases")
+    parser.add_argument("--editor", help="trained editor directory (KE, SERAC, MEND)")
+    parser.add_argument("--out", help="run directory to write")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--no-generate", action="store_true", help="token protocol only (skip greedy generation)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="method hyper-parameter, repeatable")
+    parser.set_defaults(func=_run)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from editors.bench import run_bench
+
+    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape))
+    return 0
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="our engine vs a faithful reference-style loop: same scores, speed ratio, memory"
+    )
+    parser.add_argument("--method", action="append", choices=("ft-llm", "ike", "ft-vision"),
+                        help="method(s) to time (default: ft-llm and ike)")
+    parser.add_argument("--shape", action="append", choices=("tiny", "deep-narrow"),
+                        help="model shape(s) (default: both)")
+    parser.add_argument("--limit", type=int, default=10, help="test cases per measurement (default 10)")
+    parser.set_defaults(func=_bench)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    _add_pretrain(subparsers)
+    _add_run(subparsers)
+    _add_bench(subparsers)

@@ -1,0 +1,178 @@
+"""The evaluation loop: (adapter, method, cases) -> prediction rows in the metric's schema.
+
+Per group of cases (one case, or N with ``--sequential N``):
+
+1. build each case's queries and encode them once (one batch per case);
+2. pre-edit readouts and greedy answers on the base model, one batched forward per case;
+3. apply the edit(s), score every query of the case in one batched forward (+ generation);
+4. restore: the method copies back exactly the tensors it changed.
+
+A case that cannot be built (missing field, image that fails to decode) or that the adapter refuses
+(e.g. an empty question) is written as *failed* rows, with empty ``pre``/``post`` and generations,
+which the metric counts as skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+from editors.cases import METRICS, CaseError, EditCase
+from editors.forward import Readout, model_logits, readouts
+from editors.methods.base import AppliedEdit, EditMethod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How queries are scored. ``text_topk``/``image_topk``: ranks compared for T-/I-Locality."""
+
+    generate: bool = True
+    max_new_tokens: int = 16
+    text_topk: int = 1
+    image_topk: int = 10
+    seed: int = 0
+
+
+@dataclass
+class CaseResult:
+    """One finished case: its prediction rows, or the reason it failed (then rows are empty ones)."""
+
+    case_id: str
+    rows: list[dict[str, Any]]
+    error: str | None = None
+
+
+@dataclass
+class ScoredCase:
+    """A case's queries and their pre-edit outputs, kept until its edit is scored."""
+
+    case: EditCase
+    labels: list[tuple[str, int]]
+    queries: list[Query]
+    topk: list[int]
+    pre: list[Readout]
+    pre_text: list[str]
+    encoded: EncodedBatch | None = None
+
+    def rows(self, post: list[Readout], post_text: list[str]) -> list[dict[str, Any]]:
+        """The case's prediction rows (metric schema) given its post-edit outputs."""
+        rows = []
+        for index, ((metric, hop), query) in enumerate(zip(self.labels, self.queries, strict=True)):
+            before, after = self.pre[index], post[index]
+            if self.topk[index]:
+                span = list(before.answer_span)
+                pre_ids, post_ids = before.topk.tolist(), after.topk.tolist()
+            else:
+                span = []
+                pre_ids = [[token] for token in before.answer_argmax]
+                post_ids = [[token] for token in after.answer_argmax]
+            rows.append(
+                {"case_id": self.case.case_id, "metric": metric, "hop": hop, "target": before.target_ids,
+                 "answer_span": span, "pre": pre_ids, "post": post_ids, "answer": query.answer,
+                 "pre_text": self.pre_text[index], "post_text": post_text[index], "aliases": []}
+            )
+        return rows
+
+
+def case_queries(case: EditCase, options: EngineOptions) -> tuple[list[tuple[str, int]], list[Query], list[int]]:
+    """``(labels, queries, topk)`` of a case: ``(metric, hop)`` per query and the ranks it keeps."""
+    hops = iter(item.hop for item in case.portability)
+    listed = case.queries()
+    labels = [(metric, next(hops) if metric == "portability" else 0) for metric, _ in listed]
+    ranks = {"t_locality": options.text_topk, "i_locality": options.image_topk}
+    return labels, [query for _, query in listed], [ranks.get(metric, 0) for metric, _ in listed]
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """A per-case seed, so a resumed run edits each case exactly as an uninterrupted one would."""
+    return (seed * 1_000_003 + zlib.crc32(case_id.encode())) % 2**31
+
+
+def failed_rows(case_id: str) -> list[dict[str, Any]]:
+    """The rows of a case that could not be scored: one per metric, with nothing predicted."""
+    return [
+        {"case_id": case_id, "metric": metric, "hop": 0, "target": [], "answer_span": [], "pre": [], "post": [],
+         "answer": "", "pre_text": "", "post_text": "", "aliases": []}
+        for metric in METRICS
+    ]
+
+
+class Engine:
+    """Runs one method over cases on one adapter; yields a :class:`CaseResult` per case."""
+
+    def __init__(self, adapter: ModelAdapter, method: EditMethod, options: EngineOptions | None = None) -> None:
+        self.adapter = adapter
+        self.method = method
+        self.options = options or EngineOptions()
+        # Methods enable gradients on what they train; nothing else ever needs them.
+        adapter.model.requires_grad_(False)
+        adapter.model.eval()
+
+    def run(self, cases: Iterator[tuple[str, EditCase | CaseError]], sequential: int = 1) -> Iterator[CaseResult]:
+        """Edit and score ``cases`` (``(case_id, case or the error building it)``), ``sequential`` at a time."""
+        if sequential > 1 and not self.method.supports_sequential:
+            raise ValueError(f"method {self.method.name!r} does not support sequential editing")
+        group: list[ScoredCase] = []
+        for case_id, case in cases:
+            scored = self._pre_edit(case_id, case)
+            if isinstance(scored, CaseResult):
+                yield scored
+                continue
+            group.append(scored)
+            if len(group) == sequential:
+                yield from self._edit_group(group)
+                group = []
+        if group:
+            yield from self._edit_group(group)
+
+    # -- steps --------------------------------------------------------------------------------
+    def _pre_edit(self, case_id: str, case: EditCase | CaseError) -> ScoredCase | CaseResult:
+        if isinstance(case, CaseError):
+            logger.warning("case %s failed: %s", case_id, case)
+            return CaseResult(case_id, failed_rows(case_id), str(case))
+        labels, queries, topk = case_queries(case, self.options)
+        try:
+            encoded = self.adapter.encode(queries).to(self.adapter.device)
+            with torch.no_grad():
+                pre = readouts(*model_logits(self.adapter, encoded), encoded, topk)
+            pre_text = self._generate(queries, None)
+        except (CaseError, ValueError) as error:
+            logger.warning("case %s failed: %s", case_id, error)
+            return CaseResult(case_id, failed_rows(case_id), f"case {case_id}: {error}")
+        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded)
+
+    def _edit_group(self, group: list[ScoredCase]) -> Iterator[CaseResult]:
+        applied: list[AppliedEdit] = []
+        try:
+            for scored in group:
+                torch.manual_seed(case_seed(self.options.seed, scored.case.case_id))
+                applied.append(self.method.apply(self.adapter, scored.case))
+            last = applied[-1]  # sequential: the last edit sees the cumulative state
+            results = []
+            for scored in group:
+                post = last.score(scored.queries, scored.topk, encoded=scored.encoded)
+                post_text = self._generate(scored.queries, last)
+                results.append(CaseResult(scored.case.case_id, scored.rows(post, post_text)))
+        except (CaseError, ValueError) as error:
+            logger.warning("edit of case(s) %s failed: %s", [s.case.case_id for s in group], error)
+            results = [CaseResult(s.case.case_id, failed_rows(s.case.case_id), str(error)) for s in group]
+        finally:
+            for edit in reversed(applied):
+                edit.restore()
+        yield from results
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _generate(self, queries: list[Query], edit: AppliedEdit | None) -> list[str]:
+        if not self.options.generate:
+            return [""] * len(queries)
+        if edit is None:
+            return self.adapter.generate(queries, max_new_tokens=self.options.max_new_tokens)
+        return edit.generate(queries, max_new_tokens=self.options.max_new_tokens)

@@ -1,0 +1,149 @@
+"""Batched forward passes and what the engine reads from them.
+
+Two savings live here, both exact (same logits as a plain forward):
+
+* a batch whose rows start with the same tokens (the queries of one case under one in-context
+  prompt) runs that shared prefix once and reuses its KV cache for every row;
+* :class:`TopLayers` runs one full forward, keeps the inputs of the decoder layers from a given
+  layer up, and afterwards re-runs only those layers + the head (an optimisation step of a method
+  that edits the top of the language model never pays for the frozen layers below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+
+#: forward inputs with one value per token (sliced when a prefix comes from the KV cache)
+_PER_TOKEN_INPUTS = ("input_ids", "token_type_ids", "mm_token_type_ids", "position_ids")
+
+
+@dataclass
+class Readout:
+    """What scoring needs from one query's logits (kept on the CPU, small).
+
+    ``answer_argmax[j]`` is the top-1 token at the position predicting answer token ``j``;
+    ``topk`` is ``(n_valid_positions, k)`` top-k token ids over all valid positions (``k = 0``:
+    not kept).
+    """
+
+    answer_argmax: list[int]
+    target_ids: list[int]
+    topk: torch.Tensor
+    #: ``[start, end)`` of the answer-predicting positions, counted from the first valid position
+    answer_span: tuple[int, int]
+
+    @property
+    def answer_accuracy(self) -> float:
+        hits = sum(p == t for p, t in zip(self.answer_argmax, self.target_ids, strict=True))
+        return hits / len(self.target_ids)
+
+
+def shared_prefix_length(adapter: ModelAdapter, batch: EncodedBatch) -> int:
+    """How many leading positions all rows share and no readout needs (0: run everything)."""
+    ids = batch.inputs["input_ids"]
+    if ids.shape[0] < 2 or not adapter.supports_prefix_cache:
+        return 0
+    length = min(positions.start for positions in batch.valid_positions)
+    if length == 0:
+        return 0
+    differs = (ids[:, :length] != ids[:1, :length]).any(dim=0).nonzero()
+    return int(differs[0]) if len(differs) else length
+
+
+def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tensor, int]:
+    """``(logits, offset)``: logits of positions ``offset..`` of every row of ``batch``."""
+    inputs = batch.inputs
+    prefix = shared_prefix_length(adapter, batch)
+    if prefix == 0:
+        return adapter.model(**inputs, use_cache=False).logits, 0
+    rows = inputs["input_ids"].shape[0]
+    head = adapter.model(
+        input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix], use_cache=True
+    )
+    cache = head.cache
+    cache.batch_repeat_interleave(rows)
+    rest: dict[str, Any] = {
+        key: value[:, prefix:] if key in _PER_TOKEN_INPUTS else value for key, value in inputs.items()
+    }
+    return adapter.model(**rest, cache=cache, use_cache=True).logits, prefix
+
+
+def readouts(logits: torch.Tensor, offset: int, batch: EncodedBatch, topk: list[int]) -> list[Readout]:
+    """Per-row :class:`Readout` from ``logits`` (positions from ``offset``)."""
+    result = []
+    for row, (answer, valid, targets, k) in enumerate(
+        zip(batch.answer_slices, batch.valid_positions, batch.target_ids, topk, strict=True)
+    ):
+        argmax = logits[row, answer.start - offset : answer.stop - offset].argmax(dim=-1).tolist()
+        if k:
+            top = logits[row, valid.start - offset : valid.stop - offset].float().topk(k, dim=-1).indices.cpu()
+        else:
+            top = torch.empty(0, 0, dtype=torch.long)
+        result.append(Readout(argmax, list(targets), top, (answer.start - valid.start, answer.stop - valid.start)))
+    return result
+
+
+@torch.no_grad()
+def score_queries(adapter: ModelAdapter, queries: list[Query], topk: list[int]) -> list[Readout]:
+    """Teacher-forced readouts of ``queries`` in one batched forward."""
+    batch = adapter.encode(queries).to(adapter.device)
+    logits, offset = model_logits(adapter, batch)
+    return readouts(logits, offset, batch, topk)
+
+
+class TopLayers:
+    """The top of the language model, re-runnable from inputs captured in one full forward.
+
+    ``TopLayers(adapter, batch, first_layer)`` runs the model once (no gradients) and records
+    the positional and keyword inputs of ``decoder_layers()[first_layer:]``; :meth:`logits` then
+    recomputes those layers from the recorded input of the first one, followed by the head, with
+    gradients flowing into whatever parameters of those layers are trainable.
+    """
+
+    def __init__(self, adapter: ModelAdapter, batch: EncodedBatch, first_layer: int) -> None:
+        self.adapter = adapter
+        layers = adapter.decoder_layers()
+        self.first = first_layer % len(layers)
+        self.layers = list(layers)[self.first :]
+        self.calls: list[tuple[tuple, dict]] = []
+        hooks = [
+            layer.register_forward_pre_hook(self._record, with_kwargs=True) for layer in self.layers
+        ]
+        try:
+            with torch.no_grad():
+                adapter.model(**batch.inputs, use_cache=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if len(self.calls) != len(self.layers):
+            raise RuntimeError(f"expected {len(self.layers)} top decoder layer calls, saw {len(self.calls)}")
+
+    def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.calls.append((args, kwargs))
+
+    def logits(self) -> torch.Tensor:
+        args, kwargs = self.calls[0]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        for layer, (args, kwargs) in zip(self.layers, self.calls, strict=True):
+            if args:
+                output = layer(hidden, *args[1:], **kwargs)
+            else:
+                output = layer(**{**kwargs, "hidden_states": hidden})
+            hidden = output[0] if isinstance(output, tuple) else output
+        return self.adapter.head(hidden)
+
+
+class FullForward:
+    """The whole model on ``batch``, every call: what :class:`TopLayers` saves, for comparison."""
+
+    def __init__(self, adapter: ModelAdapter, batch: EncodedBatch) -> None:
+        self.adapter = adapter
+        self.batch = batch
+
+    def logits(self) -> torch.Tensor:
+        return self.adapter.model(**self.batch.inputs, use_cache=False).logits

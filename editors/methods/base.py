@@ -1,0 +1,156 @@
+"""The interface every editing method implements, and the pieces most methods share.
+
+A method is a small module: a config dataclass (paper defaults) and an :class:`EditMethod`
+subclass registered in :mod:`editors.methods`. The engine drives it like this::
+
+    method = get_method(name)(config)
+    method.prepare(adapter, train_cases, editor_dir)    # once: index / train / load
+    for case in cases:
+        edit = method.apply(adapter, case)              # change weights in place, or queries
+        readouts = edit.score(queries, topk)            # teacher-forced readouts, batched
+        answers = edit.generate(queries)                # greedy answers
+        edit.restore()                                  # the model is bit-identical again
+
+With ``--sequential N`` the engine applies N cases' edits one after the other without restoring,
+scores all N cases through the *last* :class:`AppliedEdit` (so an applied edit must reflect the
+cumulative state: weights are cumulative by nature, a memory-based method keeps its memory on
+the method object), then restores the N edits in reverse order.
+
+Methods never ask which model they edit: everything model-specific comes from the adapter
+(``adapter.mlp(-1)``, ``adapter.vision_side_module()``, ``adapter.encode``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+from editors.cases import CaseSequence, EditCase
+from editors.forward import Readout, model_logits, readouts, score_queries
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method's hyper-parameters; subclasses are dataclasses with paper defaults."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class AppliedEdit:
+    """One applied edit: how the edited model answers, and how to undo the edit.
+
+    The default scores queries on the adapter's (edited) model as they are. Subclasses change
+    the queries (:meth:`rewrite`, e.g. IKE's in-context prompt) or the whole scoring path
+    (override :meth:`score` / :meth:`generate`, e.g. SERAC's routing).
+    """
+
+    def __init__(self, adapter: ModelAdapter, snapshot: WeightSnapshot | None = None) -> None:
+        self.adapter = adapter
+        self.snapshot = snapshot
+
+    def rewrite(self, queries: list[Query]) -> list[Query]:
+        return queries
+
+    def score(self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None) -> list[Readout]:
+        """Teacher-forced readouts of ``queries`` in one batched forward (see :mod:`editors.forward`).
+
+        ``encoded`` is the engine's encoding of ``queries`` as given; it is reused when
+        :meth:`rewrite` leaves the queries as they are (inputs are tokenized once).
+        """
+        rewritten = self.rewrite(queries)
+        if encoded is None or rewritten is not queries:
+            return score_queries(self.adapter, rewritten, topk)
+        with torch.no_grad():
+            return readouts(*model_logits(self.adapter, encoded), encoded, topk)
+
+    def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
+        return self.adapter.generate(self.rewrite(queries), max_new_tokens=max_new_tokens)
+
+    def restore(self) -> None:
+        """Undo the edit: copies back exactly the tensors the method touched."""
+        if self.snapshot is not None:
+            self.snapshot.restore()
+
+
+class EditMethod(ABC):
+    """An editing method. Subclasses set ``name``, ``config_class`` and implement :meth:`apply`."""
+
+    #: registry key, e.g. "ft-llm"
+    name: ClassVar[str]
+    #: the method's config dataclass (defaults = the paper's reference settings)
+    config_class: ClassVar[type[MethodConfig]]
+    #: True when :meth:`prepare` trains something on the train split (KE, SERAC, MEND)
+    requires_training: ClassVar[bool] = False
+    #: whether ``--sequential N`` (N edits applied cumulatively) makes sense for this method
+    supports_sequential: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+
+    def prepare(self, adapter: ModelAdapter, train: CaseSequence, editor_dir: Path | None = None) -> None:  # noqa: B027
+        """Called once before the first edit with the train split of the same data.
+
+        IKE indexes its demonstrations here. A trained method loads its editor from
+        ``editor_dir`` when given, else trains (or loads a cached training) on ``train``.
+        The default does nothing.
+        """
+
+    @abstractmethod
+    def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
+        """Make ``case``'s edit; the returned edit scores queries and restores the model."""
+
+    def run_info(self) -> dict[str, Any]:
+        """What run.json should record beyond the config (e.g. which embedder was used)."""
+        return {}
+
+
+class WeightSnapshot:
+    """Copies of exactly the parameters a method is about to change, to restore bit-for-bit."""
+
+    def __init__(self, params: Iterable[nn.Parameter]) -> None:
+        self.saved = [(param, param.detach().clone()) for param in params]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, value in self.saved:
+                param.copy_(value)
+
+
+@contextlib.contextmanager
+def trainable(params: list[nn.Parameter]) -> Iterator[list[nn.Parameter]]:
+    """Enables gradients on ``params`` only (the engine freezes the whole model up front)."""
+    for param in params:
+        param.requires_grad_(True)
+    try:
+        yield params
+    finally:
+        for param in params:
+            param.requires_grad_(False)
+            param.grad = None
+
+
+def answer_nll(logits: torch.Tensor, batch: EncodedBatch, offset: int = 0) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens (``logits`` start at position ``offset``)."""
+    losses = []
+    for row, (positions, targets) in enumerate(zip(batch.answer_slices, batch.target_ids, strict=True)):
+        row_logits = logits[row, positions.start - offset : positions.stop - offset].float()
+        target = torch.tensor(targets, device=logits.device)
+        losses.append(nn.functional.cross_entropy(row_logits, target, reduction="sum"))
+    return torch.stack(losses).sum() / sum(len(t) for t in batch.target_ids)

@@ -1,0 +1,316 @@
+"""Pretrain a tiny LVLM on the *pre-edit* world, so that editing it has something to change.
+
+The training data is what the model should "know" before any edit, from the train AND test
+splits: every edit question and its rephrase answered with the old answer ``pred`` on both the
+edit image and the I-Generality image, the I-Locality questions on their images, the text-only
+T-Locality questions, and in-context examples in IKE's prompt format (a new fact in the context,
+answered from it) so that the model learns to use facts it reads, as real LLMs do.
+
+The loop is nanoGPT-short: sample a batch, teacher-forced loss on the answer tokens (+ end of
+answer), AdamW with warmup and cosine decay, clip, step; a checkpoint every ``checkpoint_every``
+steps lets a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from editors.adapters import ModelAdapter, Query, load_adapter
+from editors.cases import CaseSequence, EditCase
+from editors.methods.ike import case_demonstrations, in_context_prompt
+from editors.tiny import BUILDERS, TinySpec, build_tiny_model
+from kebench_hf.construct.mmkg import KnowledgeGraph, read_mmkg
+from kebench_hf.construct.questions import image_subject, relation_noun, relation_question
+from kebench_hf.construct.report import Report
+from kebench_hf.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "pretrain-checkpoint.pt"
+SUMMARY = "pretrain.json"
+#: bump when the data or the loop changes, so cached default models are rebuilt
+RECIPE = 2
+#: how often each group of plain queries is drawn, relative to the others
+GROUP_WEIGHTS = {"pre_edit": 0.6, "knowledge": 0.15, "chains": 0.25}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    arch: str = "llava"
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 250
+    #: every ``ike_every``-th step trains in-context edits (IKE's prompt format); 0: never
+    ike_every: int = 4
+    ike_cases_per_step: int = 2
+    max_demonstrations: int = 32
+
+
+def pre_edit_queries(case: EditCase) -> list[Query]:
+    """What the model must answer before the edit: the old answer and the locality answers."""
+    return [
+        Query(case.src, case.pred, case.image),
+        Query(case.rephrase, case.pred, case.image),
+        Query(case.src, case.pred, case.image_rephrase),
+        Query(case.rephrase, case.pred, case.image_rephrase),
+        Query(case.m_loc_q, case.m_loc_a, case.m_loc),
+        Query(case.loc, case.loc_ans, None),
+    ]
+
+
+def in_context_queries(case: EditCase, context: str) -> list[Query]:
+    """``case``'s queries read after an IKE context holding its new fact: the edited ones answer
+    ``alt``, the unrelated ones keep their answers."""
+    return [
+        Query(case.src, case.alt, case.image, context),
+        Query(case.rephrase, case.alt, case.image, context),
+        Query(case.src, case.alt, case.image_rephrase, context),
+        Query(case.m_loc_q, case.m_loc_a, case.m_loc, context),
+        Query(case.loc, case.loc_ans, None, context),
+    ]
+
+
+@dataclass
+class World:
+    """The edit cases of a KEBench directory, and the knowledge graph it was built from, if any."""
+
+    cases: dict[str, list[EditCase]]
+    #: entity id (the image's directory, as in MMKG) of each case's e1, parallel to ``cases``
+    subjects: dict[str, list[str]]
+    kg: KnowledgeGraph | None
+
+
+def read_world(data_dir: str | Path) -> World:
+    """The ``edit`` config's cases per split (images decoded) and the sibling ``kg/`` if present."""
+    from kebench_hf.builder import load_kebench
+
+    splits = load_kebench(data_dir, "edit")
+    cases = {split: list(CaseSequence(rows)) for split, rows in splits.items()}
+    subjects = {split: [Path(p).parts[0] for p in rows["image_path"]] for split, rows in splits.items()}
+    kg_dir = Path(data_dir).parent / "kg"
+    kg = read_mmkg(kg_dir, Report()) if (kg_dir / "names.tsv").exists() else None
+    if kg is None:
+        logger.info("no knowledge graph at %s: pretraining on the edit cases only", kg_dir)
+    return World(cases, subjects, kg)
+
+
+def knowledge_queries(kg: KnowledgeGraph) -> list[Query]:
+    """Every unambiguous fact of the graph as a text question (T-Locality asks these)."""
+    names = kg.entities
+    return [
+        Query(relation_question(relation, names[head].name), names[tail].name)
+        for (head, relation), tail in kg.functional.items()
+    ]
+
+
+def chain_queries(kg: KnowledgeGraph, subject: str, images: list[Image.Image], max_hops: int = 4) -> list[Query]:
+    """Questions about "the <type> in the image" along every relation path from ``subject``,
+    answered from the pre-edit graph: what portability questions ask, before the edit."""
+    found = []
+    frontier: list[tuple[str, str]] = [(image_subject(kg.entities[subject].type), subject)]
+    for _ in range(max_hops):
+        extended = []
+        for phrase, entity in frontier:
+            for relation in sorted(kg.relations_of(entity)):
+                tail = kg.functional[(entity, relation)]
+                answer = kg.entities[tail].name
+                found += [Query(relation_question(relation, phrase), answer, image) for image in images]
+                extended.append((relation_noun(relation, phrase), tail))
+        frontier = extended
+    return found
+
+
+def answer_token_accuracy(adapter: ModelAdapter, queries: list[Query], batch_size: int = 64) -> float:
+    """Mean over queries of the fraction of answer tokens predicted by argmax (teacher forced)."""
+    scores = []
+    adapter.model.eval()
+    with torch.no_grad():
+        for start in range(0, len(queries), batch_size):
+            batch = adapter.encode(queries[start : start + batch_size]).to(adapter.device)
+            predicted = adapter.model(**batch.inputs).logits.argmax(-1)
+            for row, (span, target) in enumerate(zip(batch.answer_slices, batch.target_ids, strict=True)):
+                hits = predicted[row, span].cpu() == torch.tensor(target)
+                scores.append(hits.float().mean().item())
+    return sum(scores) / len(scores)
+
+
+def answer_loss(adapter: ModelAdapter, queries: list[Query]) -> torch.Tensor:
+    """Cross-entropy of the answer tokens and the end-of-answer token."""
+    batch = adapter.encode(queries, with_eos=True).to(adapter.device)
+    logits = adapter.model(**batch.inputs).logits
+    labels = torch.full(logits.shape[:2], -100, dtype=torch.long, device=logits.device)
+    for row, (span, target) in enumerate(zip(batch.answer_slices, batch.target_ids, strict=True)):
+        labels[row, span] = torch.tensor(target, device=logits.device)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def learning_rate(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Mixture:
+    """Samples training batches: plain queries drawn from weighted groups, and every
+    ``ike_every``-th step a batch of in-context queries (IKE's prompt, random demonstrations)."""
+
+    def __init__(self, world: World, config: PretrainConfig) -> None:
+        every = [(case, subject) for split in world.cases for case, subject in
+                 zip(world.cases[split], world.subjects[split], strict=True)]
+        self.groups: dict[str, list[Query]] = {
+            "pre_edit": [query for case, _ in every for query in pre_edit_queries(case)],
+        }
+        if world.kg is not None:
+            self.groups["knowledge"] = knowledge_queries(world.kg)
+            self.groups["chains"] = [
+                query for case, subject in every if subject in world.kg.entities
+                for query in chain_queries(world.kg, subject, [case.image])
+            ]
+        self.ike_cases = world.cases.get("train", [])
+        self.demonstrations = [
+            demo for case in self.ike_cases for demo in case_demonstrations(
+                {"src": case.src, "alt": case.alt, "rephrase": case.rephrase, "loc": case.loc, "loc_ans": case.loc_ans}
+            )
+        ]
+        self.config = config
+
+    def counts(self) -> dict[str, int]:
+        return {**{name: len(queries) for name, queries in self.groups.items()}, "in_context_cases": len(self.ike_cases)}
+
+    def texts(self) -> list[str]:
+        """Every text the model will read, for training its tokenizer."""
+        queries = [query for group in self.groups.values() for query in group]
+        texts = [text for query in queries for text in (query.question, " " + query.answer)]
+        return texts + self.demonstrations + [" " + case.alt for case in self.ike_cases]
+
+    def in_context(self, case: EditCase, rng: random.Random, demonstrations: int) -> list[Query]:
+        context = in_context_prompt(rng.sample(self.demonstrations, demonstrations), case.src, case.alt)
+        return in_context_queries(case, context)
+
+    def batch(self, step: int, rng: random.Random) -> list[Query]:
+        config = self.config
+        if self.ike_cases and config.ike_every and step % config.ike_every == config.ike_every - 1:
+            demonstrations = rng.randint(0, min(config.max_demonstrations, len(self.demonstrations)))
+            cases = rng.sample(self.ike_cases, min(config.ike_cases_per_step, len(self.ike_cases)))
+            return [query for case in cases for query in self.in_context(case, rng, demonstrations)]
+        names = list(self.groups)
+        weights = [GROUP_WEIGHTS[name] for name in names]
+        return [rng.choice(self.groups[group]) for group in rng.choices(names, weights, k=config.batch_size)]
+
+
+def pretrain(
+    data_dir: str | Path, out_dir: str | Path, config: PretrainConfig | None = None, spec: TinySpec | None = None
+) -> dict:
+    """Build a tiny ``config.arch`` model in ``out_dir`` and train it on the pre-edit world of ``data_dir``.
+
+    Resumes from ``out_dir``'s checkpoint when one exists for the same configuration. Returns
+    (and writes to ``out_dir/pretrain.json``) the accuracies, time and peak memory.
+    """
+    config = config or PretrainConfig()
+    if config.arch not in BUILDERS:
+        raise ValueError(f"unknown tiny architecture {config.arch!r}; known: {', '.join(sorted(BUILDERS))}")
+    out = Path(out_dir)
+    started = time.perf_counter()
+    world = read_world(data_dir)
+    mixture = Mixture(world, config)
+
+    checkpoint_path = out / CHECKPOINT
+    checkpoint = torch.load(checkpoint_path, weights_only=False) if checkpoint_path.exists() else None
+    if checkpoint is not None and checkpoint["config"] != asdict(config):
+        logger.warning("%s was made with another configuration; starting over", checkpoint_path)
+        checkpoint = None
+    if checkpoint is None:
+        build_tiny_model(config.arch, mixture.texts(), out, spec=spec, seed=config.seed)
+    adapter = load_adapter(out)
+    model = adapter.model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed)
+    first_step = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        rng.setstate(checkpoint["rng"])
+        first_step = checkpoint["step"]
+        logger.info("resuming %s pretraining at step %d", config.arch, first_step)
+
+    model.train()
+    progress = tqdm(range(first_step, config.steps), desc=f"pretrain {config.arch}", initial=first_step,
+                    total=config.steps)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss = answer_loss(adapter, mixture.batch(step, rng))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                     "step": step + 1, "config": asdict(config)}
+            torch.save(state, checkpoint_path)
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    model.save_pretrained(out)
+    summary = {
+        "recipe": RECIPE,
+        "config": asdict(config),
+        "examples": mixture.counts(),
+        "accuracy": evaluate_pretraining(adapter, world, mixture, random.Random(config.seed)),
+        "seconds": round(train_seconds, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "parameters": model.num_parameters(),
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    checkpoint_path.unlink(missing_ok=True)
+    logger.info("pretrained %s: %s", config.arch, summary)
+    return summary
+
+
+def evaluate_pretraining(adapter: ModelAdapter, world: World, mixture: Mixture, rng: random.Random) -> dict[str, float]:
+    """Token accuracies on the test split (the train split if there is none): what the model
+    knows before editing, what it must not know yet, and whether it reads a new fact in context."""
+    cases = world.cases.get("test") or [case for split in world.cases.values() for case in split]
+    demonstrations = min(8, len(mixture.demonstrations))
+    in_context = [mixture.in_context(case, rng, demonstrations) for case in cases] if mixture.demonstrations else []
+    probes = {
+        "reliability_old_answer": [Query(case.src, case.pred, case.image) for case in cases],
+        "i_generality_old_answer": [Query(case.src, case.pred, case.image_rephrase) for case in cases],
+        "reliability_new_answer": [Query(case.src, case.alt, case.image) for case in cases],
+        "t_locality_answer": [Query(case.loc, case.loc_ans) for case in cases],
+        "i_locality_answer": [Query(case.m_loc_q, case.m_loc_a, case.m_loc) for case in cases],
+        "in_context_new_answer": [queries[0] for queries in in_context],
+        "in_context_locality_answer": [queries[4] for queries in in_context],
+    }
+    return {name: round(answer_token_accuracy(adapter, queries), 4) for name, queries in probes.items() if queries}
+
+
+def default_model(arch: str = "llava") -> Path:
+    """The tiny ``arch`` pretrained on the ``default`` world, built once and cached (rebuilt when
+    the pretraining recipe changes)."""
+    from editors.run import default_world
+
+    out = cache_dir() / "models" / f"tiny-{arch}-default"
+    summary = out / SUMMARY
+    if not summary.exists() or json.loads(summary.read_text()).get("recipe") != RECIPE:
+        summary.unlink(missing_ok=True)
+        pretrain(default_world(), out, PretrainConfig(arch=arch))
+    return out

@@ -1,0 +1,375 @@
+"""Tiny LVLMs of the real transformers architectures, with an offline tokenizer and processor.
+
+A tiny model is a real ``*ForConditionalGeneration`` class with a few narrow layers, a byte-level
+BPE tokenizer trained on the world's own text (so any text still encodes, byte by byte) and the
+family's real processor class with a slow (PIL) image processor. Everything is written with
+``save_pretrained``, so ``AutoModelForImageTextToText`` / ``AutoProcessor`` load it offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of a tiny model. ``text_layers`` deep and ``hidden_size`` wide language model."""
+
+    hidden_size: int = 128
+    text_layers: int = 4
+    heads: int = 4
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+    vocab_size: int = 2048
+    max_positions: int = 2048
+
+    @property
+    def intermediate_size(self) -> int:
+        return 4 * self.hidden_size
+
+
+def build_tokenizer(
+    texts: Iterable[str], special_tokens: list[str], vocab_size: int, chat_template: str | None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``texts``; every sequence starts with ``<s>``.
+
+    ``special_tokens`` (the family's image/vision markers) are added as single tokens that the
+    BPE never splits or produces from plain text.
+    """
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    all_special = [PAD, BOS, EOS, UNK, *special_tokens]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=all_special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    bos_id = core.token_to_id(BOS)
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        extra_special_tokens={},
+        additional_special_tokens=special_tokens,
+        chat_template=chat_template,
+        model_max_length=4096,
+    )
+
+
+# LLaVA-1.5's own conversation format: "USER: <image>\n{question} ASSISTANT: {answer}</s>".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %} {% else %}ASSISTANT: "
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _llama_config(spec: TinySpec, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.heads,
+        "max_position_embeddings": spec.max_positions,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _clip_vision_config(spec: TinySpec) -> dict[str, Any]:
+    return {
+        "model_type": "clip_vision_model",
+        "hidden_size": spec.vision_hidden_size,
+        "intermediate_size": 2 * spec.vision_hidden_size,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.heads,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+        "projection_dim": spec.vision_hidden_size,
+    }
+
+
+def _clip_image_processor(spec: TinySpec) -> Any:
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size}
+    )
+
+
+def _build_llava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE)
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(spec),
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=_clip_vision_config(spec),
+        text_config=_llama_config(spec, len(tokenizer), tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(spec.image_size // spec.patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+    # BLIP-2 prompts are plain "Question: ... Answer:" text; no chat template.
+    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, chat_template=None)
+    queries = (spec.image_size // spec.patch_size) ** 2 // 2
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size}),
+        tokenizer=tokenizer,
+        num_query_tokens=queries,
+    )
+    config = Blip2Config(
+        vision_config={
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": 2 * spec.vision_hidden_size,
+            "num_hidden_layers": spec.vision_layers,
+            "num_attention_heads": spec.heads,
+            "image_size": spec.image_size,
+            "patch_size": spec.patch_size,
+        },
+        qformer_config={
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": 2 * spec.vision_hidden_size,
+            "num_hidden_layers": spec.vision_layers,
+            "num_attention_heads": spec.heads,
+            "encoder_hidden_size": spec.vision_hidden_size,
+            "cross_attention_frequency": 1,
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": len(tokenizer),
+            "hidden_size": spec.hidden_size,
+            "word_embed_proj_dim": spec.hidden_size,
+            "ffn_dim": spec.intermediate_size,
+            "num_hidden_layers": spec.text_layers,
+            "num_attention_heads": spec.heads,
+            "max_position_embeddings": spec.max_positions,
+            "dropout": 0.0,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        num_query_tokens=queries,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    return Blip2ForConditionalGeneration(config), processor
+
+
+# Qwen2-VL's ChatML format (the real template also adds a default system turn, omitted here).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                           "<|video_pad|>"]
+
+
+def _build_qwen2_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from editors.adapters.qwen2_vl import ImageOnlyQwen2VLProcessor
+
+    tokenizer = build_tokenizer(texts, QWEN2_VL_SPECIAL_TOKENS, spec.vocab_size, QWEN2_VL_CHAT_TEMPLATE)
+    patch, merge = spec.patch_size // 2, 2
+    pixels = spec.image_size * spec.image_size
+    processor = ImageOnlyQwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(
+            size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=patch, merge_size=merge
+        ),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    head_dim = spec.hidden_size // spec.heads
+    quarter = head_dim // 8  # M-RoPE splits the rotary half of a head over (time, height, width) as 1:1.5:1.5
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        vision_config={
+            "depth": spec.vision_layers,
+            "embed_dim": spec.vision_hidden_size,
+            "hidden_size": spec.hidden_size,
+            "mlp_ratio": 2,
+            "num_heads": spec.heads,
+            "patch_size": patch,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+        },
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": spec.hidden_size,
+            "intermediate_size": spec.intermediate_size,
+            "num_hidden_layers": spec.text_layers,
+            "num_attention_heads": spec.heads,
+            "num_key_value_heads": spec.heads,
+            "max_position_embeddings": spec.max_positions,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "mrope_section": [quarter * 2 - quarter // 2 * 2, quarter + quarter // 2, quarter + quarter // 2]},
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+# Idefics3 / SmolVLM conversation format.
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def _build_idefics3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    special = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+    tokenizer = build_tokenizer(texts, special, spec.vocab_size, IDEFICS3_CHAT_TEMPLATE)
+    patch, scale_factor = spec.patch_size // 2, 2
+    image_tokens = (spec.image_size // patch) ** 2 // scale_factor**2
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(
+            size={"longest_edge": spec.image_size},
+            max_image_size={"longest_edge": spec.image_size},
+            do_image_splitting=False,
+        ),
+        tokenizer=tokenizer,
+        image_seq_len=image_tokens,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+    )
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": 2 * spec.vision_hidden_size,
+            "num_hidden_layers": spec.vision_layers,
+            "num_attention_heads": spec.heads,
+            "image_size": spec.image_size,
+            "patch_size": patch,
+        },
+        text_config=_llama_config(spec, len(tokenizer), tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=scale_factor,
+    )
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+def _build_llava_next(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE)
+    side = spec.image_size
+    pinpoints = [[side, side], [side, 2 * side], [2 * side, side]]
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=pinpoints
+        ),
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config=_clip_vision_config(spec),
+        text_config=_llama_config(spec, len(tokenizer), tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=(side // spec.patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return LlavaNextForConditionalGeneration(config), processor
+
+
+#: arch name (as on the command line) -> builder of (untrained model, processor)
+BUILDERS: dict[str, Callable[[list[str], TinySpec], tuple[torch.nn.Module, Any]]] = {
+    "llava": _build_llava,
+    "blip2": _build_blip2,
+    "qwen2-vl": _build_qwen2_vl,
+    "idefics3": _build_idefics3,
+    "llava-next": _build_llava_next,
+}
+
+
+def build_tiny_model(
+    arch: str, corpus_texts: Iterable[str], out_dir: str | Path, spec: TinySpec | None = None, seed: int = 0
+) -> Path:
+    """Build an untrained tiny ``arch`` model whose tokenizer is trained on ``corpus_texts``; save it."""
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; known: {', '.join(sorted(BUILDERS))}")
+    torch.manual_seed(seed)
+    model, processor = BUILDERS[arch](list(corpus_texts), spec or TinySpec())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.info("built tiny %s (%.2fM parameters) in %s", arch, model.num_parameters() / 1e6, out)
+    return out

@@ -1,0 +1,434 @@
+"""What the trained editors (MEND, KE, SERAC) share: edit queries, losses, the gradient factors of an
+edit, the meta-training loop, and saving/loading editors bound to their base model.
+
+The loop is deliberately short: sample a train case, compute the method's training loss, step; every
+``val_every`` steps score the held-out train cases, keep the best editor, stop after ``patience``
+validations without improvement; checkpoint after every validation so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import resource
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+from editors.cases import EditCase
+from editors.methods.base import MethodConfig
+
+logger = logging.getLogger(__name__)
+
+EDITOR_FORMAT_VERSION = 1
+EDITOR_WEIGHTS = "editor.safetensors"
+EDITOR_CONFIG = "editor.json"
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+class EditorFileError(ValueError):
+    """A trained editor that cannot be used: missing, corrupt, or made for another base model."""
+
+
+# -- the queries of an edit case --------------------------------------------------------------------
+
+
+def generality_queries(case: EditCase) -> list[Query]:
+    """The edit query, its text rephrase (T-Generality) and its other image (I-Generality)."""
+    return [case.edit_query, Query(case.rephrase, case.alt, case.image), Query(case.src, case.alt, case.image_rephrase)]
+
+
+def locality_queries(case: EditCase) -> list[Query]:
+    """Text-only (T-Locality) and image (I-Locality) queries whose answers must not move."""
+    return [Query(case.loc, case.loc_ans), Query(case.m_loc_q, case.m_loc_a, case.m_loc)]
+
+
+def edit_condition(case: EditCase) -> str:
+    """KE's conditioning text: old answer, new answer, edit question."""
+    return f"{case.pred} >> {case.alt} || {case.src}"
+
+
+# -- losses -------------------------------------------------------------------------------------------
+
+
+def answer_nll(logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]) -> torch.Tensor:
+    """Mean over ``rows`` of the mean negative log-likelihood of each row's answer tokens."""
+    losses = []
+    for row in rows:
+        targets = torch.tensor(batch.target_ids[row], device=logits.device)
+        losses.append(F.cross_entropy(logits[row, batch.answer_slices[row]].float(), targets))
+    return torch.stack(losses).mean()
+
+
+def locality_kl(
+    pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]
+) -> torch.Tensor:
+    """Mean over ``rows`` of KL(pre || post) averaged over all the row's predicting positions."""
+    losses = []
+    for row in rows:
+        positions = batch.valid_positions[row]
+        pre = F.log_softmax(pre_logits[row, positions].float(), dim=-1)
+        post = F.log_softmax(post_logits[row, positions].float(), dim=-1)
+        losses.append(F.kl_div(post, pre, log_target=True, reduction="batchmean"))
+    return torch.stack(losses).mean()
+
+
+def answer_accuracy(logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]) -> float:
+    """Teacher-forced token accuracy of the answers of ``rows`` (validation signal, not the metric)."""
+    scores = []
+    for row in rows:
+        predicted = logits[row, batch.answer_slices[row]].argmax(-1).tolist()
+        target = batch.target_ids[row]
+        scores.append(sum(p == t for p, t in zip(predicted, target, strict=True)) / len(target))
+    return sum(scores) / len(scores)
+
+
+# -- what a trained editor edits and the gradient of an edit -----------------------------------------
+
+
+def mlp_output_projection(mlp: nn.Module) -> nn.Linear:
+    """The linear of an MLP block that writes back to the residual stream (down_proj / fc2 / ...).
+
+    Found by shape, not by name: the last ``nn.Linear`` whose output width equals the input width of
+    the block's first linear.
+    """
+    linears = [module for module in mlp.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"MLP block {type(mlp).__name__} has no nn.Linear to edit")
+    residual_width = linears[0].in_features
+    writers = [linear for linear in linears if linear.out_features == residual_width]
+    if not writers:
+        raise ValueError(f"MLP block {type(mlp).__name__}: no linear maps back to width {residual_width}")
+    return writers[-1]
+
+
+def edited_weights(adapter: ModelAdapter, layers: Sequence[int]) -> dict[str, nn.Parameter]:
+    """``{parameter name: weight}`` of the MLP output projection of each decoder layer in ``layers``."""
+    names = {id(module): name for name, module in adapter.model.named_modules()}
+    weights = {}
+    for layer in layers:
+        linear = mlp_output_projection(adapter.mlp(layer))
+        weights[f"{names[id(linear)]}.weight"] = linear.weight
+    return weights
+
+
+def model_logits(adapter: ModelAdapter, batch: EncodedBatch, weights: Mapping[str, torch.Tensor] | None = None):
+    """Logits of the model, optionally with some weights replaced functionally (no in-place change)."""
+    if not weights:
+        return adapter.model(**batch.inputs).logits
+    return torch.func.functional_call(adapter.model, dict(weights), args=(), kwargs=batch.inputs).logits
+
+
+def gradient_factors(
+    adapter: ModelAdapter, weights: Mapping[str, nn.Parameter], batch: EncodedBatch, rows: Sequence[int]
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Rank-1 factors of the edit loss gradient at each weight (``grad W = delta.T @ u``), and the logits.
+
+    ``u`` (tokens x in) are the linear's inputs and ``delta`` (tokens x out) the loss gradient at its
+    output, over all non-padding positions of ``rows``. Only the model's forward and a backward down to
+    the lowest edited layer run; no parameter gradient is accumulated.
+    """
+    modules = dict(adapter.model.named_modules())
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in weights:
+        module_name = name.removesuffix(".weight")
+
+        def capture(module, args, output, module_name=module_name):
+            inputs[module_name] = args[0].detach()
+            # a leaf here gives d loss / d output directly, whatever requires grad below it
+            outputs[module_name] = output.detach().requires_grad_(True)
+            return outputs[module_name]
+
+        handles.append(modules[module_name].register_forward_hook(capture))
+    try:
+        with torch.enable_grad():
+            logits = model_logits(adapter, batch)
+            loss = answer_nll(logits, batch, rows)
+            grads = torch.autograd.grad(loss, [outputs[name.removesuffix(".weight")] for name in weights])
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask = batch.inputs["attention_mask"].bool() if "attention_mask" in batch.inputs else None
+    factors = {}
+    for name, grad in zip(weights, grads, strict=True):
+        u = inputs[name.removesuffix(".weight")]
+        keep = mask[list(rows)] if mask is not None else None
+        u, delta = u[list(rows)], grad[list(rows)]
+        if keep is not None:
+            u, delta = u[keep], delta[keep]
+        factors[name] = (u.reshape(-1, u.shape[-1]).float(), delta.reshape(-1, delta.shape[-1]).float())
+    return factors, logits.detach()
+
+
+# -- the base model an editor belongs to --------------------------------------------------------------
+
+
+def base_model_identity(adapter: ModelAdapter, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What binds an editor to its base model: config hash, and shape + value hash of the edited weights."""
+    config = adapter.model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash"):
+        config.pop(volatile, None)
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    weight_hash = hashlib.sha256()
+    shapes = {}
+    for name in sorted(weights):
+        tensor = weights[name].detach().to("cpu", torch.float32).contiguous()
+        shapes[name] = list(tensor.shape)
+        weight_hash.update(name.encode())
+        weight_hash.update(tensor.numpy().tobytes())
+    return {
+        "model_type": config.get("model_type"),
+        "config_sha256": config_hash,
+        "weights": shapes,
+        "weights_sha256": weight_hash.hexdigest(),
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_editor(
+    out_dir: Path,
+    method: str,
+    config: Any,
+    tensors: Mapping[str, torch.Tensor],
+    base_model: Mapping[str, Any],
+    report: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``editor.safetensors`` and ``editor.json`` (method, config, base model identity, report)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / EDITOR_WEIGHTS
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights_path))
+    description = {
+        "format_version": EDITOR_FORMAT_VERSION,
+        "method": method,
+        "config": asdict(config),
+        "base_model": dict(base_model),
+        "weights_sha256": _file_sha256(weights_path),
+        "report": dict(report or {}),
+    }
+    (out_dir / EDITOR_CONFIG).write_text(json.dumps(description, indent=2, default=str) + "\n")
+    logger.info("saved %s editor to %s", method, out_dir)
+    return out_dir
+
+
+def read_editor(editor_dir: Path, method: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify an editor directory; returns (editor.json content, tensors)."""
+    editor_dir = Path(editor_dir)
+    config_path, weights_path = editor_dir / EDITOR_CONFIG, editor_dir / EDITOR_WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise EditorFileError(f"editor {editor_dir}: {path.name} is missing")
+    try:
+        description = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EditorFileError(f"editor {editor_dir}: {EDITOR_CONFIG} is not valid JSON ({error})") from None
+    for key in ("format_version", "method", "config", "base_model", "weights_sha256"):
+        if key not in description:
+            raise EditorFileError(f"editor {editor_dir}: {EDITOR_CONFIG} lacks the field {key!r}")
+    if description["method"] != method:
+        raise EditorFileError(
+            f"editor {editor_dir} was trained for method {description['method']!r}, not {method!r}"
+        )
+    if description["format_version"] != EDITOR_FORMAT_VERSION:
+        raise EditorFileError(f"editor {editor_dir}: unsupported format_version {description['format_version']}")
+    if _file_sha256(weights_path) != description["weights_sha256"]:
+        raise EditorFileError(
+            f"editor {editor_dir}: {EDITOR_WEIGHTS} is corrupt or truncated (checksum differs from {EDITOR_CONFIG})"
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise EditorFileError(f"editor {editor_dir}: cannot read {EDITOR_WEIGHTS} ({error})") from None
+    return description, tensors
+
+
+def check_base_model(editor_dir: Path, recorded: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse an editor trained on another base model, naming what differs."""
+    for key, meaning in (
+        ("config_sha256", "model configuration"),
+        ("weights", "edited weight names/shapes"),
+        ("weights_sha256", "edited weight values"),
+    ):
+        if recorded.get(key) != current.get(key):
+            raise EditorFileError(
+                f"editor {editor_dir} was trained on a different base model ({meaning} differ: "
+                f"editor {recorded.get('model_type')!r}, model {current.get('model_type')!r})"
+            )
+
+
+# -- meta-training --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetaTrainingConfig(MethodConfig):
+    """Settings of the meta-training loop, shared by the trained methods' configs."""
+
+    max_steps: int = 600
+    lr: float = 1e-3
+    val_cases: int = 16
+    val_every: int = 50
+    patience: int = 4
+    seed: int = 0
+
+
+def held_out_split(count: int, config: MetaTrainingConfig) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of ``count`` train cases: a seeded shuffle, ``val_cases`` held out."""
+    if count <= config.val_cases:
+        raise ValueError(f"{count} train cases: need more than val_cases={config.val_cases} to train an editor")
+    order = list(range(count))
+    random.Random(config.seed).shuffle(order)
+    return order[config.val_cases :], order[: config.val_cases]
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def meta_train(
+    editor: nn.Module,
+    training_loss: Callable[[EditCase], torch.Tensor],
+    validation_score: Callable[[EditCase], float],
+    cases: Sequence[EditCase],
+    config: MetaTrainingConfig,
+    checkpoint_dir: Path | None = None,
+    description: str = "meta-training",
+    parameter_groups: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train ``editor``'s parameters on ``cases``; the best editor on held-out cases is kept.
+
+    ``validation_score`` is higher-is-better (e.g. post-edit answer accuracy minus locality damage).
+    The first ``config.val_cases`` cases (after a seeded shuffle) are held out for validation.
+    ``parameter_groups`` (optimizer groups with their own lr) default to all of ``editor``'s parameters.
+    Returns a report (steps, best validation score, early stop, seconds, peak RSS).
+    """
+    train_indices, val_indices = held_out_split(len(cases), config)
+    val_cases = [cases[i] for i in val_indices]
+    train_cases = [cases[i] for i in train_indices]
+    parameters = [p for p in editor.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameter_groups or parameters, lr=config.lr, weight_decay=0.0)
+
+    step, best_score, bad_validations, elapsed = 0, float("-inf"), 0, 0.0
+    best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_STATE).is_file():
+        step, best_score, bad_validations, elapsed, best_state = _resume(editor, optimizer, Path(checkpoint_dir))
+        logger.info("%s: resumed at step %d (best validation %.4f)", description, step, best_score)
+
+    def validate() -> float:
+        return sum(validation_score(case) for case in val_cases) / len(val_cases)
+
+    started = time.perf_counter() - elapsed
+    sampler = random.Random(config.seed * 1_000_003 + step)
+    stopped_early = bad_validations >= config.patience
+    progress = tqdm(total=config.max_steps, initial=step, desc=description, disable=stopped_early)
+    while step < config.max_steps and not stopped_early:
+        editor.train()
+        loss = training_loss(train_cases[sampler.randrange(len(train_cases))])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        step += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.3f}")
+        if step % config.val_every == 0 or step == config.max_steps:
+            editor.eval()
+            score = validate()
+            if score > best_score:
+                best_score, bad_validations = score, 0
+                best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
+            else:
+                bad_validations += 1
+            stopped_early = bad_validations >= config.patience
+            logger.info("%s step %d: validation %.4f (best %.4f)", description, step, score, best_score)
+            if checkpoint_dir is not None:
+                _checkpoint(
+                    editor, optimizer, Path(checkpoint_dir), step, best_score, bad_validations,
+                    time.perf_counter() - started, best_state,
+                )
+    progress.close()
+    editor.load_state_dict(best_state)
+    editor.eval()
+    return {
+        "steps": step,
+        "best_validation": best_score,
+        "stopped_early": stopped_early,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "train_cases": len(train_cases),
+        "validation_cases": len(val_cases),
+    }
+
+
+def _checkpoint(editor, optimizer, directory: Path, step, best_score, bad_validations, elapsed, best_state):
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, optimizer_meta = _optimizer_tensors(optimizer)
+    tensors.update({f"editor.{k}": v for k, v in editor.state_dict().items()})
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    # write-then-rename: a crash mid-write leaves the previous checkpoint intact
+    temporary = directory / (CHECKPOINT_WEIGHTS + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary))
+    temporary.replace(directory / CHECKPOINT_WEIGHTS)
+    state = {
+        "step": step,
+        "best_score": best_score,
+        "bad_validations": bad_validations,
+        "elapsed_seconds": elapsed,
+        "optimizer": optimizer_meta,
+        "weights_sha256": _file_sha256(directory / CHECKPOINT_WEIGHTS),
+    }
+    (directory / (CHECKPOINT_STATE + ".tmp")).write_text(json.dumps(state))
+    (directory / (CHECKPOINT_STATE + ".tmp")).replace(directory / CHECKPOINT_STATE)
+
+
+def _resume(editor, optimizer, directory: Path):
+    state = json.loads((directory / CHECKPOINT_STATE).read_text())
+    weights_path = directory / CHECKPOINT_WEIGHTS
+    if not weights_path.is_file() or _file_sha256(weights_path) != state["weights_sha256"]:
+        raise EditorFileError(f"checkpoint in {directory} is corrupt or incomplete; delete it to start over")
+    tensors = load_file(str(weights_path))
+    device = next(editor.parameters()).device
+    editor.load_state_dict({k.removeprefix("editor."): v.to(device) for k, v in tensors.items() if k.startswith("editor.")})
+    best_state = {k.removeprefix("best."): v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+    _load_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()}, state["optimizer"])
+    return state["step"], state["best_score"], state["bad_validations"], state["elapsed_seconds"], best_state

@@ -1,0 +1,160 @@
+"""Scoring predictions files: ``kebench score`` and ``kebench push-metric``.
+
+The math lives in ``metric/kebench.py``; this module reads files and talks to people and the hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from kebench_hf.hub import HubError, check_repo_id, push_folder
+from metric.kebench import METRICS, PREDICTION_SCHEMA, PROTOCOLS, score_predictions, to_table
+
+logger = logging.getLogger(__name__)
+
+METRIC_DIR = Path(__file__).resolve().parent.parent / "metric"
+#: what a metric Space holds; ``__init__.py`` only makes the folder a package inside this repo
+METRIC_SPACE_FILES = ("kebench.py", "README.md", "requirements.txt", "app.py")
+PARQUET_SUFFIXES = (".parquet",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def read_predictions(path: str | Path) -> pa.Table:
+    """A predictions file (Parquet, or JSON Lines: one row object per line) as a validated table."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"predictions file {path} is empty")
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        try:
+            table = pq.read_table(path)
+        except pa.ArrowException as error:
+            raise ValueError(f"predictions file {path} is not readable Parquet: {error}") from None
+    elif suffix in JSONL_SUFFIXES:
+        table = _read_jsonl(path)
+    else:
+        raise ValueError(
+            f"predictions file {path} has an unknown extension {suffix!r}; expected one of "
+            f"{PARQUET_SUFFIXES + JSONL_SUFFIXES}"
+        )
+    try:
+        return to_table(table)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _read_jsonl(path: Path) -> pa.Table | list[dict]:
+    """Arrow's reader when the file is clean; otherwise a line-by-line read whose rows let
+    :func:`to_table` name the bad row and column."""
+    options = pa_json.ParseOptions(explicit_schema=PREDICTION_SCHEMA, unexpected_field_behavior="ignore")
+    try:
+        return pa_json.read_json(path, parse_options=options)
+    except pa.ArrowException as error:
+        logger.debug("arrow could not read %s (%s); reading it line by line", path, error)
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {line_number} (row {len(rows)}) is not JSON: {error}") from None
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """One protocol's scores as an aligned text table."""
+    lines = [f"protocol: {result['protocol']}", f"{'metric':<24}{'score':>8}  {'95% CI':<17}{'cases':>7}{'skipped':>9}"]
+
+    def line(name: str, score: float | None, ci: list | None, cases: object = "", skipped: object = "") -> str:
+        shown = "-" if score is None else f"{score:.2f}"
+        interval = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        return f"{name:<24}{shown:>8}  {interval:<17}{cases!s:>7}{skipped!s:>9}"
+
+    for name in METRICS:
+        lines.append(line(name, result["scores"][name], result["ci95"][name], result["counts"][name], result["skipped"][name]))
+    for hop, score in result["portability_by_hop"].items():
+        lines.append(line(f"  portability {hop}-hop", score, None))
+    for name, score in result["locality_answer_only"].items():
+        if score is not None:
+            lines.append(line(f"  {name} (answer only)", score, None))
+    return "\n".join(lines)
+
+
+def score_command(args: argparse.Namespace) -> int:
+    table = read_predictions(args.predictions)
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    results = {
+        protocol: score_predictions(table, protocol=protocol, bootstrap=args.bootstrap, seed=args.seed)
+        for protocol in protocols
+    }
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[protocols[0]], indent=2))
+    else:
+        print(f"{args.predictions}: {table.num_rows} rows")
+        print("\n\n".join(format_table(result) for result in results.values()))
+    return 0
+
+
+def push_metric(repo_id: str, *, private: bool = False, token: str | None = None, endpoint: str | None = None) -> str:
+    """Publish ``metric/`` as a gradio Space that ``evaluate.load(repo_id)`` loads; returns the commit URL.
+
+    ``evaluate`` fetches ``<name>.py`` from a Space named ``org/<name>``, so the script is uploaded
+    under the Space's name.
+    """
+    name = check_repo_id(repo_id).split("/")[1]
+    with tempfile.TemporaryDirectory() as staging:
+        for file_name in METRIC_SPACE_FILES:
+            target = f"{name}.py" if file_name == "kebench.py" else file_name
+            shutil.copyfile(METRIC_DIR / file_name, Path(staging) / target)
+        info = push_folder(
+            staging,
+            repo_id,
+            repo_type="space",
+            space_sdk="gradio",
+            private=private,
+            message="Publish the KEBench evaluate metric",
+            token=token,
+            endpoint=endpoint,
+        )
+    logger.info("published %s as Space %s", METRIC_DIR, repo_id)
+    return info.commit_url
+
+
+def push_metric_command(args: argparse.Namespace) -> int:
+    try:
+        commit_url = push_metric(args.repo, private=args.private)
+    except HubError as error:
+        print(f"kebench: error: {error}", file=sys.stderr)
+        return 1
+    print(f"metric published to Space {args.repo} ({commit_url})")
+    print(f'load it with: evaluate.load("{args.repo}")')
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    score = subparsers.add_parser("score", help="score a predictions file (Parquet or JSON Lines)")
+    score.add_argument("predictions", help="predictions file: .parquet, or .jsonl with one row per line")
+    score.add_argument("--protocol", choices=(*PROTOCOLS, "both"), default="token")
+    score.add_argument("--json", action="store_true", help="print the metric's output as JSON")
+    score.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    score.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    score.set_defaults(func=score_command)
+
+    push = subparsers.add_parser("push-metric", help="publish metric/ as an evaluate Space on the hub")
+    push.add_argument("--repo", required=True, help="ORG/NAME of the Space")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=push_metric_command)

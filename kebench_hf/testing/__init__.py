@@ -1,0 +1,1 @@
+"""Test helpers that ship with the package: ``hub_server``, a local Hugging Face Hub-compatible server."""

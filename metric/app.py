@@ -1,0 +1,11 @@
+"""The Space's page: evaluate's standard metric widget."""
+
+import os
+from pathlib import Path
+
+import evaluate
+from evaluate.utils import launch_gradio_widget
+
+# On a Space, SPACE_ID is "org/name" and the script is name.py; run locally, it is kebench.py here.
+module = evaluate.load(os.environ.get("SPACE_ID") or str(Path(__file__).with_name("kebench.py")))
+launch_gradio_widget(module)

@@ -1,0 +1,220 @@
+"""Leaderboard submissions: validation, re-scoring, results rows, .eval_results (no hub, no browser)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from huggingface_hub import parse_eval_result_entries
+from huggingface_hub.hf_api import RepoFile
+
+from kebench_hf.leaderboard import Limits, SubmissionError, validate_run_dir
+from kebench_hf.leaderboard.results import eval_results_yaml, read_results, result_rows, results_parquet
+from kebench_hf.leaderboard.service import score_submission, submission_files
+from kebench_hf.leaderboard.synthetic import synthetic_run
+from metric.kebench import METRICS
+
+HOPS = {"eval-00000": [1, 2]}
+FOLDER = "submissions/org--tiny-llava/ft_llm/20260101T000000Z"
+
+
+@pytest.fixture(scope="module")
+def perfect_run(tmp_path_factory, leaderboard_reference) -> Path:
+    return synthetic_run(
+        tmp_path_factory.mktemp("runs") / "perfect", leaderboard_reference, HOPS, model="org/tiny-llava",
+        method="ft_llm", skill=1.0,
+    )
+
+
+@pytest.fixture
+def run_copy(tmp_path, perfect_run) -> Path:
+    return Path(shutil.copytree(perfect_run, tmp_path / "run"))
+
+
+def test_a_perfect_run_scores_100_everywhere_in_both_protocols(perfect_run, leaderboard_reference):
+    submission = validate_run_dir(perfect_run, leaderboard_reference)
+    assert submission.protocols == ("token", "generate")
+    scores = score_submission(submission)
+    for protocol in ("token", "generate"):
+        assert scores[protocol]["scores"] == dict.fromkeys(METRICS, 100.0)
+        assert scores[protocol]["counts"]["reliability"] == 2
+        assert scores[protocol]["counts"]["portability"] == 1
+    assert scores["token"]["portability_by_hop"] == {"1": 100.0, "2": 100.0}
+
+
+def test_a_run_that_misses_everything_scores_0_not_its_self_reported_numbers(tmp_path, leaderboard_reference):
+    run = synthetic_run(tmp_path / "zero", leaderboard_reference, HOPS, model="m/x", method="ike", skill=0.0)
+    (run / "scores.json").write_text(json.dumps({"scores": dict.fromkeys(METRICS, 99.0)}))
+    scores = score_submission(validate_run_dir(run, leaderboard_reference))
+    # skill 0: every post-edit token misses its target and every locality position changed
+    assert scores["token"]["scores"] == dict.fromkeys(METRICS, 0.0)
+    assert scores["generate"]["scores"] == dict.fromkeys(METRICS, 0.0)
+
+
+def test_a_run_without_generations_is_ranked_in_the_token_protocol_only(tmp_path, leaderboard_reference):
+    run = synthetic_run(tmp_path / "tok", leaderboard_reference, HOPS, model="m/x", method="ike", generate=False)
+    assert validate_run_dir(run, leaderboard_reference).protocols == ("token",)
+
+
+def test_results_rows_round_trip_in_a_stable_order(perfect_run, leaderboard_reference):
+    submission = validate_run_dir(perfect_run, leaderboard_reference)
+    rows = result_rows(submission, FOLDER, score_submission(submission), "2026-01-01T00:00:00Z", "http://hub/pr/1")
+    assert [row["protocol"] for row in rows] == ["token", "generate"]
+    token = rows[0]
+    assert token["model"] == "org/tiny-llava" and token["model_family"] == "llava" and token["method"] == "ft_llm"
+    assert token["reliability"] == 100.0 and token["reliability_ci_low"] == 100.0
+    assert token["portability_by_hop"] == [{"hop": 1, "score": 100.0}, {"hop": 2, "score": 100.0}]
+    assert token["cases"] == 2 and token["seconds_per_edit"] == 0.5
+    assert token["dataset_fingerprint"] == leaderboard_reference.fingerprint
+    data = results_parquet(rows)
+    assert results_parquet(rows[::-1]) == data
+    path = perfect_run.parent / "results.parquet"
+    path.write_bytes(data)
+    assert read_results(path) == rows
+
+
+def test_eval_results_file_is_what_huggingface_hub_parses(perfect_run, leaderboard_reference):
+    submission = validate_run_dir(perfect_run, leaderboard_reference)
+    rows = result_rows(submission, FOLDER, score_submission(submission), "2026-01-01T00:00:00Z", "http://hub/pr/1")
+    entries = parse_eval_result_entries(yaml.safe_load(eval_results_yaml(rows, "org/kebench")))
+    assert len(entries) == 12  # 6 metrics x 2 protocols
+    assert {entry.task_id for entry in entries} == set(METRICS)
+    assert all(entry.dataset_id == "org/kebench" and entry.value == 100.0 for entry in entries)
+    assert {entry.notes for entry in entries} == {"method=ft_llm, protocol=generate", "method=ft_llm, protocol=token"}
+    assert entries[0].source_url == "http://hub/pr/1"
+
+
+def _rewrite_predictions(run: Path, change) -> None:
+    path = run / "predictions.parquet"
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def _edit_run_json(run: Path, text_change) -> None:
+    path = run / "run.json"
+    path.write_text(text_change(path.read_text()))
+
+
+def _set_column(table: pa.Table, name: str, values) -> pa.Table:
+    return table.set_column(table.column_names.index(name), name, values)
+
+
+BROKEN_RUNS = {
+    "truncated": (
+        lambda run: (run / "predictions.parquet").write_bytes((run / "predictions.parquet").read_bytes()[:3000]),
+        "predictions file predictions.parquet is not readable Parquet",
+    ),
+    "pickle": (
+        lambda run: (run / "predictions.parquet").write_bytes(pickle.dumps({"case_id": ["eval-00000"]})),
+        "predictions file predictions.parquet is not readable Parquet",
+    ),
+    "empty jsonl": (
+        lambda run: ((run / "predictions.parquet").unlink(), (run / "predictions.jsonl").write_text("")),
+        "predictions file predictions.jsonl is empty",
+    ),
+    "no predictions": (lambda run: (run / "predictions.parquet").unlink(), "holds no predictions file"),
+    "nan in run.json": (
+        lambda run: _edit_run_json(run, lambda text: text.replace('"seconds_per_edit": 0.5', '"seconds_per_edit": NaN')),
+        "non-finite number NaN",
+    ),
+    "overflow in run.json": (
+        lambda run: _edit_run_json(run, lambda text: text.replace('"seconds_per_edit": 0.5', '"seconds_per_edit": 1e999')),
+        "non-finite number 1e999",
+    ),
+    "run.json not an object": (lambda run: _edit_run_json(run, lambda text: "[1, 2]"), "must hold a JSON object"),
+    "other dataset version": (
+        lambda run: _edit_run_json(run, lambda text: text.replace('"dataset_fingerprint": "', '"dataset_fingerprint": "0')),
+        "run on dataset version",
+    ),
+    "other split": (
+        lambda run: _edit_run_json(run, lambda text: text.replace('"config": "edit"', '"config": "multihop"')),
+        "this run is on config 'multihop'",
+    ),
+    "wrong case id": (
+        lambda run: _rewrite_predictions(
+            run, lambda t: _set_column(t, "case_id", pc.replace_substring(t["case_id"], "eval-00001", "eval-09999"))
+        ),
+        "not in the test split, e.g. ['eval-09999']",
+    ),
+    "metric missing for a case": (
+        lambda run: _rewrite_predictions(
+            run,
+            lambda t: t.filter(pc.invert(pc.and_(pc.equal(t["metric"], "i_locality"), pc.equal(t["case_id"], "eval-00001")))),
+        ),
+        "1 test case id(s) have no 'i_locality' rows, e.g. ['eval-00001']",
+    ),
+    "float token ids": (
+        lambda run: _rewrite_predictions(
+            run, lambda t: _set_column(t, "hop", pa.array([float("nan")] * t.num_rows, pa.float64()))
+        ),
+        "column 'hop'",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BROKEN_RUNS))
+def test_a_broken_run_is_rejected_with_its_reason(breakage, run_copy, leaderboard_reference):
+    damage, reason = BROKEN_RUNS[breakage]
+    damage(run_copy)
+    with pytest.raises(SubmissionError) as error:
+        validate_run_dir(run_copy, leaderboard_reference)
+    assert reason in str(error.value)
+
+
+def test_an_oversized_file_is_rejected_before_it_is_read(run_copy, leaderboard_reference):
+    with pytest.raises(SubmissionError, match=r"predictions.parquet is \d+ bytes, over the limit of 100"):
+        validate_run_dir(run_copy, leaderboard_reference, Limits(predictions_bytes=100))
+
+
+def _entry(path: str, size: int = 10, oid: str = "a" * 40) -> RepoFile:
+    return RepoFile(path=path, size=size, oid=oid)
+
+
+MAIN = {".gitattributes": "g" * 40, f"{FOLDER}/run.json": "r" * 40}
+NEW = "submissions/org--m/ike/20260102T000000Z"
+GOOD_PR = [_entry(path, oid=oid) for path, oid in MAIN.items()] + [
+    _entry(f"{NEW}/run.json"), _entry(f"{NEW}/card.md"), _entry(f"{NEW}/predictions.parquet", 5000)
+]
+
+
+def test_a_pull_request_file_list_names_one_submission_folder():
+    folder, files = submission_files(GOOD_PR, MAIN, Limits())
+    assert folder == NEW
+    assert files == {"run.json": 10, "card.md": 10, "predictions.parquet": 5000}
+
+
+HOSTILE_PRS = {
+    "path traversal": ([_entry(f"{NEW}/../../../../etc/run.json")], "folder of plain names"),
+    "dot-dot folder": ([_entry("submissions/../m/20260101/run.json")], "folder of plain names"),
+    "pickle file": ([_entry(f"{NEW}/predictions.pkl")], "predictions.pkl' is not allowed"),
+    "outside submissions": ([_entry("README.md")], "folder of plain names"),
+    "two folders": ([_entry("submissions/a/b/c/run.json")], "one submission per pull request"),
+    "oversized": ([_entry(f"{NEW}/card.md", size=10**6)], "over the limit of 32768"),
+    "two prediction files": ([_entry(f"{NEW}/predictions.jsonl")], "exactly one of"),
+}
+
+
+@pytest.mark.parametrize("hostility", list(HOSTILE_PRS))
+def test_a_hostile_pull_request_is_rejected_from_its_file_list(hostility):
+    extra, reason = HOSTILE_PRS[hostility]
+    pr = [entry for entry in GOOD_PR if not (hostility == "oversized" and entry.path.endswith("card.md"))] + extra
+    with pytest.raises(SubmissionError) as error:
+        submission_files(pr, MAIN, Limits())
+    assert reason in str(error.value)
+
+
+def test_a_pull_request_may_not_touch_merged_submissions():
+    changed = [_entry(path, oid="c" * 40) if path.endswith("run.json") and FOLDER in path else _entry(path, oid=oid)
+               for path, oid in MAIN.items()]
+    with pytest.raises(SubmissionError, match="changes an existing file"):
+        submission_files(changed + GOOD_PR[2:], MAIN, Limits())
+    with pytest.raises(SubmissionError, match="only add files; it removes"):
+        submission_files([entry for entry in GOOD_PR if entry.path != f"{FOLDER}/run.json"], MAIN, Limits())
+    with pytest.raises(SubmissionError, match="has no card.md"):
+        submission_files([entry for entry in GOOD_PR if not entry.path.endswith("card.md")], MAIN, Limits())
