@@ -54,11 +54,10 @@ def main() -> None:
         results = []
         for scale in args.scales:
             completed = subprocess.run(
-                [sys.executable, "-c", _CHILD, scale, str(root / scale)],
-                check=True,
-                capture_output=True,
-                text=True,
+                [sys.executable, "-c", _CHILD, scale, str(root / scale)], capture_output=True, text=True
             )
+            if completed.returncode:
+                sys.exit(f"building {scale} failed:\n{completed.stderr[-3000:]}")
             results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     baseline = next((r for r in results if r["scale"] == "default"), results[0])

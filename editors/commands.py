@@ -105,6 +105,48 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
+def _train_editor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from editors import run as runs
+    from editors.adapters import load_adapter
+    from editors.cases import CaseSequence
+    from editors.methods.trained import TrainedMethod
+
+    method = runs.make_method(args.method, _method_options(args.set or []))
+    if not isinstance(method, TrainedMethod):
+        raise ValueError(f"method {args.method!r} has nothing to train; trained methods: ke, mend, serac")
+    data = args.data or str(runs.default_world())
+    train = CaseSequence(runs.load_split(data, "edit", "train"))
+    runs.seed_everything(method.config.seed)
+    adapter = load_adapter(args.model or runs.default_model(), device=args.device, dtype=args.dtype)
+    for parameter in adapter.model.parameters():
+        parameter.requires_grad_(False)
+    report = method.train(adapter, train, Path(args.out))
+    print(json.dumps(report, indent=2))
+    print(f"editor saved to {args.out}; use it with: kebench run --method {args.method} --editor {args.out} ...")
+    return 0
+
+
+def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-editor",
+        help="train a KE, SERAC or MEND editor on a KEBench train split (resumable) and save it",
+        description="Trains on the train split with validation on held-out train cases and early stopping; "
+        "a checkpoint in OUT/checkpoint lets an interrupted run resume. Saves OUT/editor.safetensors + "
+        "OUT/editor.json (config, base model identity, training report).",
+    )
+    parser.add_argument("--method", required=True, choices=("ke", "mend", "serac"))
+    parser.add_argument("--model", help="model directory or hub id (default: the built-in tiny LLaVA)")
+    parser.add_argument("--data", help="KEBench directory or hub dataset repo (default: the default world)")
+    parser.add_argument("--out", required=True, help="editor directory to write")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="editor setting (e.g. max_steps=200, layers=[-1]), repeatable")
+    parser.set_defaults(func=_train_editor)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from editors.bench import run_bench
 
@@ -127,4 +169,5 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_pretrain(subparsers)
     _add_run(subparsers)
+    _add_train_editor(subparsers)
     _add_bench(subparsers)

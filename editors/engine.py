@@ -24,7 +24,7 @@ import torch
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import METRICS, CaseError, EditCase
-from editors.forward import Readout, model_logits, readouts
+from editors.forward import Readout, TopLayers, model_logits, readouts
 from editors.methods.base import AppliedEdit, EditMethod
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ScoredCase:
     pre: list[Readout]
     pre_text: list[str]
     encoded: EncodedBatch | None = None
+    top: TopLayers | None = None
 
     def rows(self, post: list[Readout], post_text: list[str]) -> list[dict[str, Any]]:
         """The case's prediction rows (metric schema) given its post-edit outputs."""
@@ -115,6 +116,7 @@ class Engine:
         # Methods enable gradients on what they train; nothing else ever needs them.
         adapter.model.requires_grad_(False)
         adapter.model.eval()
+        self.first_edited_layer = method.first_edited_layer(adapter)
 
     def run(self, cases: Iterator[tuple[str, EditCase | CaseError]], sequential: int = 1) -> Iterator[CaseResult]:
         """Edit and score ``cases`` (``(case_id, case or the error building it)``), ``sequential`` at a time."""
@@ -141,13 +143,22 @@ class Engine:
         labels, queries, topk = case_queries(case, self.options)
         try:
             encoded = self.adapter.encode(queries).to(self.adapter.device)
-            with torch.no_grad():
-                pre = readouts(*model_logits(self.adapter, encoded), encoded, topk)
+            top = None
+            if self.first_edited_layer is not None:
+                # The edit leaves the layers below this one alone: run them once, reuse after the edit.
+                top = TopLayers(self.adapter, encoded, self.first_edited_layer)
+                logits, offset = top.initial_logits, 0
+                del top.initial_logits
+            else:
+                with torch.no_grad():
+                    logits, offset = model_logits(self.adapter, encoded)
+            pre = readouts(logits, offset, encoded, topk)
+            del logits
             pre_text = self._generate(queries, None)
         except (CaseError, ValueError) as error:
             logger.warning("case %s failed: %s", case_id, error)
             return CaseResult(case_id, failed_rows(case_id), f"case {case_id}: {error}")
-        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded)
+        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded, top)
 
     def _edit_group(self, group: list[ScoredCase]) -> Iterator[CaseResult]:
         applied: list[AppliedEdit] = []
@@ -158,7 +169,7 @@ class Engine:
             last = applied[-1]  # sequential: the last edit sees the cumulative state
             results = []
             for scored in group:
-                post = last.score(scored.queries, scored.topk, encoded=scored.encoded)
+                post = last.score(scored.queries, scored.topk, encoded=scored.encoded, top=scored.top)
                 post_text = self._generate(scored.queries, last)
                 results.append(CaseResult(scored.case.case_id, scored.rows(post, post_text)))
         except (CaseError, ValueError) as error:

@@ -63,7 +63,10 @@ def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tens
         return adapter.model(**inputs, use_cache=False).logits, 0
     rows = inputs["input_ids"].shape[0]
     head = adapter.model(
-        input_ids=inputs["input_ids"][:1, :prefix], attention_mask=inputs["attention_mask"][:1, :prefix], use_cache=True
+        input_ids=inputs["input_ids"][:1, :prefix],
+        attention_mask=inputs["attention_mask"][:1, :prefix],
+        use_cache=True,
+        logits_to_keep=1,  # only its KV cache is used
     )
     cache = head.cache
     cache.batch_repeat_interleave(rows)
@@ -103,6 +106,10 @@ class TopLayers:
     the positional and keyword inputs of ``decoder_layers()[first_layer:]``; :meth:`logits` then
     recomputes those layers from the recorded input of the first one, followed by the head, with
     gradients flowing into whatever parameters of those layers are trainable.
+
+    Valid for as long as nothing below ``first_layer`` changes: the engine also uses it to score a
+    case after an edit confined to the top layers, from the inputs captured in its pre-edit pass.
+    ``initial_logits`` holds the capturing forward's logits (the model as it was then).
     """
 
     def __init__(self, adapter: ModelAdapter, batch: EncodedBatch, first_layer: int) -> None:
@@ -116,7 +123,7 @@ class TopLayers:
         ]
         try:
             with torch.no_grad():
-                adapter.model(**batch.inputs, use_cache=False)
+                self.initial_logits = adapter.model(**batch.inputs, use_cache=False).logits
         finally:
             for hook in hooks:
                 hook.remove()

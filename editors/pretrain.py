@@ -7,7 +7,7 @@ T-Locality questions, and in-context examples in IKE's prompt format (a new fact
 answered from it) so that the model learns to use facts it reads, as real LLMs do.
 
 The loop is nanoGPT-short: sample a batch, teacher-forced loss on the answer tokens (+ end of
-answer), AdamW with warmup and cosine decay, clip, step; a checkpoint every ``checkpoint_every``
+answer, + the context's tokens in in-context batches), AdamW with warmup and cosine decay, clip, step; a checkpoint every ``checkpoint_every``
 steps lets a killed run resume where it stopped.
 """
 
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "pretrain-checkpoint.pt"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 2
+RECIPE = 3
 #: how often each group of plain queries is drawn, relative to the others
 GROUP_WEIGHTS = {"pre_edit": 0.6, "knowledge": 0.15, "chains": 0.25}
 
@@ -100,6 +100,8 @@ def read_world(data_dir: str | Path) -> World:
     """The ``edit`` config's cases per split (images decoded) and the sibling ``kg/`` if present."""
     from kebench_hf.builder import load_kebench
 
+    if not Path(data_dir).exists() and str(data_dir).count("/") != 1:
+        raise FileNotFoundError(f"KEBench data {data_dir}: no such directory, and not a hub repo id (owner/name)")
     splits = load_kebench(data_dir, "edit")
     cases = {split: list(CaseSequence(rows)) for split, rows in splits.items()}
     subjects = {split: [Path(p).parts[0] for p in rows["image_path"]] for split, rows in splits.items()}
@@ -150,14 +152,22 @@ def answer_token_accuracy(adapter: ModelAdapter, queries: list[Query], batch_siz
     return sum(scores) / len(scores)
 
 
-def answer_loss(adapter: ModelAdapter, queries: list[Query]) -> torch.Tensor:
-    """Cross-entropy of the answer tokens and the end-of-answer token."""
+def training_loss(adapter: ModelAdapter, queries: list[Query]) -> torch.Tensor:
+    """Cross-entropy of the answer tokens (+ end of answer), plus that of the context tokens when
+    there is a context: predicting the demonstrations' answers teaches copying from a fact in context."""
     batch = adapter.encode(queries, with_eos=True).to(adapter.device)
-    logits = adapter.model(**batch.inputs).logits
-    labels = torch.full(logits.shape[:2], -100, dtype=torch.long, device=logits.device)
+    logits = adapter.model(**batch.inputs).logits.float()
+    ids = batch.inputs["input_ids"]
+    answers = torch.full(ids.shape, -100, dtype=torch.long, device=ids.device)
+    context = torch.full_like(answers, -100)
     for row, (span, target) in enumerate(zip(batch.answer_slices, batch.target_ids, strict=True)):
-        labels[row, span] = torch.tensor(target, device=logits.device)
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        answers[row, span] = torch.tensor(target, device=ids.device)
+        before_query = batch.valid_positions[row].start  # 0 without context
+        context[row, :before_query] = ids[row, 1 : before_query + 1]
+    loss = F.cross_entropy(logits.flatten(0, 1), answers.flatten())
+    if (context >= 0).any():
+        loss = loss + F.cross_entropy(logits.flatten(0, 1), context.flatten())
+    return loss
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
@@ -256,7 +266,7 @@ def pretrain(
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        loss = answer_loss(adapter, mixture.batch(step, rng))
+        loss = training_loss(adapter, mixture.batch(step, rng))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -217,8 +217,10 @@ QWEN2_VL_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|
                            "<|video_pad|>"]
 
 
-def _build_qwen2_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+def _build_qwen_vl(texts: list[str], spec: TinySpec, version: str) -> tuple[torch.nn.Module, Any]:
+    """Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``): same tokens, processor and text model."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
 
     from editors.adapters.qwen2_vl import ImageOnlyQwen2VLProcessor
 
@@ -232,20 +234,21 @@ def _build_qwen2_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, 
         tokenizer=tokenizer,
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
-    head_dim = spec.hidden_size // spec.heads
-    quarter = head_dim // 8  # M-RoPE splits the rotary half of a head over (time, height, width) as 1:1.5:1.5
+    # M-RoPE splits the rotary half of each head over (time, height, width) as 2:3:3.
+    half = spec.hidden_size // spec.heads // 2
+    height = width = half * 3 // 8
+    vision = {"depth": spec.vision_layers, "num_heads": spec.heads, "patch_size": patch, "spatial_merge_size": merge,
+              "temporal_patch_size": 2}
+    if version == "2":
+        vision.update(embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size, mlp_ratio=2)
+    else:
+        vision.update(hidden_size=spec.vision_hidden_size, intermediate_size=2 * spec.vision_hidden_size,
+                      out_hidden_size=spec.hidden_size, window_size=spec.image_size,
+                      fullatt_block_indexes=[spec.vision_layers - 1])
+    prefix = {"2": "Qwen2VL", "2.5": "Qwen2_5_VL"}[version]
     ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        vision_config={
-            "depth": spec.vision_layers,
-            "embed_dim": spec.vision_hidden_size,
-            "hidden_size": spec.hidden_size,
-            "mlp_ratio": 2,
-            "num_heads": spec.heads,
-            "patch_size": patch,
-            "spatial_merge_size": merge,
-            "temporal_patch_size": 2,
-        },
+    config = getattr(transformers, f"{prefix}Config")(
+        vision_config=vision,
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": spec.hidden_size,
@@ -255,7 +258,7 @@ def _build_qwen2_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, 
             "num_key_value_heads": spec.heads,
             "max_position_embeddings": spec.max_positions,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                "mrope_section": [quarter * 2 - quarter // 2 * 2, quarter + quarter // 2, quarter + quarter // 2]},
+                                "mrope_section": [half - height - width, height, width]},
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
@@ -265,7 +268,7 @@ def _build_qwen2_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, 
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
-    return Qwen2VLForConditionalGeneration(config), processor
+    return getattr(transformers, f"{prefix}ForConditionalGeneration")(config), processor
 
 
 # Idefics3 / SmolVLM conversation format.
@@ -353,7 +356,8 @@ def _build_llava_next(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module
 BUILDERS: dict[str, Callable[[list[str], TinySpec], tuple[torch.nn.Module, Any]]] = {
     "llava": _build_llava,
     "blip2": _build_blip2,
-    "qwen2-vl": _build_qwen2_vl,
+    "qwen2-vl": lambda texts, spec: _build_qwen_vl(texts, spec, "2"),
+    "qwen2.5-vl": lambda texts, spec: _build_qwen_vl(texts, spec, "2.5"),
     "idefics3": _build_idefics3,
     "llava-next": _build_llava_next,
 }

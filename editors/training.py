@@ -358,12 +358,13 @@ def meta_train(
         return sum(validation_score(case) for case in val_cases) / len(val_cases)
 
     started = time.perf_counter() - elapsed
-    sampler = random.Random(config.seed * 1_000_003 + step)
     stopped_early = bad_validations >= config.patience
     progress = tqdm(total=config.max_steps, initial=step, desc=description, disable=stopped_early)
     while step < config.max_steps and not stopped_early:
         editor.train()
-        loss = training_loss(train_cases[sampler.randrange(len(train_cases))])
+        # the case of a step depends on (seed, step) only, so a resumed run sees what the killed one would have
+        case = train_cases[random.Random(f"{config.seed}-{step}").randrange(len(train_cases))]
+        loss = training_loss(case)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client logs every request
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

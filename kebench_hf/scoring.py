@@ -17,12 +17,13 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+import metric
 from kebench_hf.hub import HubError, check_repo_id, push_folder
 from metric.kebench import METRICS, PREDICTION_SCHEMA, PROTOCOLS, score_predictions, to_table
 
 logger = logging.getLogger(__name__)
 
-METRIC_DIR = Path(__file__).resolve().parent.parent / "metric"
+METRIC_DIR = Path(metric.__file__).resolve().parent
 #: what a metric Space holds; ``__init__.py`` only makes the folder a package inside this repo
 METRIC_SPACE_FILES = ("kebench.py", "README.md", "requirements.txt", "app.py")
 PARQUET_SUFFIXES = (".parquet",)
@@ -77,12 +78,12 @@ def _read_jsonl(path: Path) -> pa.Table | list[dict]:
 
 def format_table(result: dict) -> str:
     """One protocol's scores as an aligned text table."""
-    lines = [f"protocol: {result['protocol']}", f"{'metric':<24}{'score':>8}  {'95% CI':<17}{'cases':>7}{'skipped':>9}"]
+    lines = [f"protocol: {result['protocol']}", f"{'metric':<28}{'score':>8}  {'95% CI':<17}{'cases':>7}{'skipped':>9}"]
 
     def line(name: str, score: float | None, ci: list | None, cases: object = "", skipped: object = "") -> str:
         shown = "-" if score is None else f"{score:.2f}"
         interval = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-        return f"{name:<24}{shown:>8}  {interval:<17}{cases!s:>7}{skipped!s:>9}"
+        return f"{name:<28}{shown:>8}  {interval:<17}{cases!s:>7}{skipped!s:>9}".rstrip()
 
     for name in METRICS:
         lines.append(line(name, result["scores"][name], result["ci95"][name], result["counts"][name], result["skipped"][name]))

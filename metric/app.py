@@ -1,4 +1,8 @@
-"""The Space's page: evaluate's standard metric widget."""
+"""The Space's page: evaluate's standard metric widget.
+
+The widget is written against gradio 3 (``gr.inputs``), hence ``sdk_version: 3.19.1`` in the card,
+as on evaluate's own metric Spaces.
+"""
 
 import os
 from pathlib import Path

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -272,7 +272,8 @@ class _Rows:
         self._check_shapes(_offsets(pre), _offsets(pre_positions))
         self._check_hops()
 
-    def first_bad(self, bad: np.ndarray, column: str, describe) -> None:
+    def first_bad(self, bad: np.ndarray, column: str, describe: Callable[[int], str]) -> None:
+        """Raise the error ``describe`` words for the first row flagged in ``bad``."""
         if bad.any():
             row = int(np.argmax(bad))
             raise _where(row, column, describe(row))
@@ -467,9 +468,9 @@ def score_predictions(data: Any, protocol: str = "token", bootstrap: int = 1000,
 
     portability = rows.metric == METRICS.index("portability")
     result["portability_by_hop"] = {}
-    for hop in np.unique(rows.hop[portability]):
+    for hop in np.unique(rows.hop[portability & ~np.isnan(row_score)]):
         hop_scores = _case_means(rows, row_score, portability & (rows.hop == hop))
-        result["portability_by_hop"][str(hop)] = float(hop_scores.mean() * 100) if len(hop_scores) else None
+        result["portability_by_hop"][str(hop)] = float(hop_scores.mean() * 100)
     result["locality_answer_only"] = {}
     for name in LOCALITY_METRICS:
         case_scores = _case_means(rows, answer_only, rows.metric == METRICS.index(name))

@@ -127,3 +127,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, vlkeb_fixture_dir: Pat
     texts = [value for record in records for value in record.values() if isinstance(value, str)]
     root = tmp_path_factory.mktemp("tiny-models")
     return {arch: build_tiny_model(arch, texts, root / arch) for arch in BUILDERS}
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_world: Path) -> Path:
+    """A tiny LLaVA pretrained on ``tiny_world`` (knows the old answers): its model directory."""
+    from editors.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("tiny-llava")
+    pretrain(tiny_world, out, PretrainConfig(steps=300, max_demonstrations=8))
+    return out

@@ -13,12 +13,14 @@ from PIL import Image
 from editors.adapters import ADAPTERS, Query, adapter_for, load_adapter
 from editors.tiny import BUILDERS
 
-FAMILIES = sorted(BUILDERS)
+ARCHS = sorted(BUILDERS)
+#: the adapter family of each tiny architecture (Qwen2.5-VL shares Qwen2-VL's adapter)
+FAMILY = {arch: "qwen2-vl" if arch == "qwen2.5-vl" else arch for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")
 def adapters(tiny_models: dict[str, Path]) -> dict:
-    return {family: load_adapter(path) for family, path in tiny_models.items()}
+    return {arch: load_adapter(path) for arch, path in tiny_models.items()}
 
 
 @pytest.fixture(scope="module")
@@ -37,24 +39,24 @@ def queries(vlkeb_fixture_dir: Path) -> list[Query]:
 
 
 def test_every_architecture_has_an_adapter() -> None:
-    assert sorted(ADAPTERS) == FAMILIES
+    assert sorted(ADAPTERS) == sorted(set(FAMILY.values()))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_tiny_model_loads_with_auto_classes_and_registry_picks_by_config(
-    family: str, tiny_models: dict[str, Path], tmp_path: Path
+    arch: str, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     # A misleading directory name must not matter: the family comes from config.model_type.
-    misnamed = tmp_path / ("blip2" if family != "blip2" else "llava")
-    shutil.copytree(tiny_models[family], misnamed)
+    misnamed = tmp_path / ("blip2" if arch != "blip2" else "llava")
+    shutil.copytree(tiny_models[arch], misnamed)
     assert (misnamed / "model.safetensors").exists()
     model = AutoModelForImageTextToText.from_pretrained(misnamed)
     text_config = model.config.get_text_config()
     assert text_config.max_position_embeddings >= 2048
     adapter = load_adapter(misnamed)
-    assert adapter.family == family
+    assert adapter.family == FAMILY[arch]
     assert AutoConfig.from_pretrained(misnamed).model_type in type(adapter).model_types
     assert type(adapter_for(model, adapter.processor)) is type(adapter)
 
@@ -71,10 +73,11 @@ def test_auto_processor_loads_the_real_processor_classes(tiny_models: dict[str, 
     }
     for family, name in expected.items():
         assert type(AutoProcessor.from_pretrained(tiny_models[family])).__name__ == name
-    saved = json.loads((tiny_models["qwen2-vl"] / "processor_config.json").read_text())
-    assert saved["processor_class"] == "Qwen2VLProcessor"
-    if is_torchvision_available():
-        assert type(AutoProcessor.from_pretrained(tiny_models["qwen2-vl"])).__name__ == "Qwen2VLProcessor"
+    for arch in ("qwen2-vl", "qwen2.5-vl"):
+        saved = json.loads((tiny_models[arch] / "processor_config.json").read_text())
+        assert saved["processor_class"] == "Qwen2VLProcessor"
+        if is_torchvision_available():
+            assert type(AutoProcessor.from_pretrained(tiny_models[arch])).__name__ == "Qwen2VLProcessor"
 
 
 def test_unknown_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
@@ -88,11 +91,14 @@ def test_unknown_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
         load_adapter(tmp_path / "gpt2")
     with pytest.raises(FileNotFoundError, match="no such directory"):
         load_adapter(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="cannot load its config"):
+        load_adapter(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_encode_matches_manual_tokenization(family: str, adapters: dict, queries: list[Query]) -> None:
-    adapter = adapters[family]
+@pytest.mark.parametrize("arch", ARCHS)
+def test_encode_matches_manual_tokenization(arch: str, adapters: dict, queries: list[Query]) -> None:
+    adapter = adapters[arch]
     tokenizer = adapter.processor.tokenizer
     batch = adapter.encode(queries)
     ids = batch.inputs["input_ids"]
@@ -119,9 +125,9 @@ def test_encode_matches_manual_tokenization(family: str, adapters: dict, queries
     assert row[lead : lead + shift].tolist() == context_ids
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_answer_slices_give_the_models_own_loss(family: str, adapters: dict, queries: list[Query]) -> None:
-    adapter = adapters[family]
+@pytest.mark.parametrize("arch", ARCHS)
+def test_answer_slices_give_the_models_own_loss(arch: str, adapters: dict, queries: list[Query]) -> None:
+    adapter = adapters[arch]
     query = queries[0]
     batch = adapter.encode([query])
     labels = torch.full_like(batch.inputs["input_ids"], -100)
@@ -133,9 +139,9 @@ def test_answer_slices_give_the_models_own_loss(family: str, adapters: dict, que
     assert ours.item() == pytest.approx(output.loss.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_batched_equals_unbatched(family: str, adapters: dict, queries: list[Query]) -> None:
-    adapter = adapters[family]
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_equals_unbatched(arch: str, adapters: dict, queries: list[Query]) -> None:
+    adapter = adapters[arch]
     batch = adapter.encode(queries)
     with torch.no_grad():
         together = adapter.model(**batch.inputs).logits
@@ -151,9 +157,9 @@ def test_batched_equals_unbatched(family: str, adapters: dict, queries: list[Que
     assert all(isinstance(text, str) for text in generated)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_named_modules(family: str, adapters: dict, queries: list[Query]) -> None:
-    adapter = adapters[family]
+@pytest.mark.parametrize("arch", ARCHS)
+def test_named_modules(arch: str, adapters: dict, queries: list[Query]) -> None:
+    adapter = adapters[arch]
     layers = adapter.decoder_layers()
     assert len(layers) == 4
     top = {id(p) for p in layers[-1].parameters()}

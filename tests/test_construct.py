@@ -87,6 +87,14 @@ def test_read_mmkg_rejects_malformed_input_naming_file_and_line(
         read_mmkg(tmp_path, Report())
 
 
+def test_construct_command_reports_a_missing_kg_in_one_line(tmp_path: Path, capsys) -> None:
+    from kebench_hf.cli import main
+
+    assert main(["construct", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
+    assert "names.tsv: missing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_read_mmkg_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="names.tsv: missing"):
         read_mmkg(tmp_path, Report())

@@ -128,6 +128,10 @@ BROKEN_RUNS = {
         "non-finite number 1e999",
     ),
     "run.json not an object": (lambda run: _edit_run_json(run, lambda text: "[1, 2]"), "must hold a JSON object"),
+    "no model family": (
+        lambda run: _edit_run_json(run, lambda text: text.replace('"model_family": "llava"', '"model_family": 3')),
+        "field 'model_family' must be a printable string",
+    ),
     "other dataset version": (
         lambda run: _edit_run_json(run, lambda text: text.replace('"dataset_fingerprint": "', '"dataset_fingerprint": "0')),
         "run on dataset version",
@@ -184,7 +188,7 @@ GOOD_PR = [_entry(path, oid=oid) for path, oid in MAIN.items()] + [
 
 
 def test_a_pull_request_file_list_names_one_submission_folder():
-    folder, files = submission_files(GOOD_PR, MAIN, Limits())
+    folder, files = submission_files(GOOD_PR, MAIN, set(MAIN), Limits())
     assert folder == NEW
     assert files == {"run.json": 10, "card.md": 10, "predictions.parquet": 5000}
 
@@ -205,16 +209,23 @@ def test_a_hostile_pull_request_is_rejected_from_its_file_list(hostility):
     extra, reason = HOSTILE_PRS[hostility]
     pr = [entry for entry in GOOD_PR if not (hostility == "oversized" and entry.path.endswith("card.md"))] + extra
     with pytest.raises(SubmissionError) as error:
-        submission_files(pr, MAIN, Limits())
+        submission_files(pr, MAIN, set(MAIN), Limits())
     assert reason in str(error.value)
+
+
+def test_a_pull_request_opened_before_later_merges_is_judged_against_its_base():
+    merged_since = {f"{FOLDER.replace('ft_llm', 'mend')}/run.json"}
+    assert submission_files(GOOD_PR, MAIN, set(MAIN) | merged_since, Limits())[0] == NEW
+    with pytest.raises(SubmissionError, match="changes an existing file"):
+        submission_files(GOOD_PR, MAIN, set(MAIN) | {f"{NEW}/card.md"}, Limits())
 
 
 def test_a_pull_request_may_not_touch_merged_submissions():
     changed = [_entry(path, oid="c" * 40) if path.endswith("run.json") and FOLDER in path else _entry(path, oid=oid)
                for path, oid in MAIN.items()]
     with pytest.raises(SubmissionError, match="changes an existing file"):
-        submission_files(changed + GOOD_PR[2:], MAIN, Limits())
+        submission_files(changed + GOOD_PR[2:], MAIN, set(MAIN), Limits())
     with pytest.raises(SubmissionError, match="only add files; it removes"):
-        submission_files([entry for entry in GOOD_PR if entry.path != f"{FOLDER}/run.json"], MAIN, Limits())
+        submission_files([entry for entry in GOOD_PR if entry.path != f"{FOLDER}/run.json"], MAIN, set(MAIN), Limits())
     with pytest.raises(SubmissionError, match="has no card.md"):
-        submission_files([entry for entry in GOOD_PR if not entry.path.endswith("card.md")], MAIN, Limits())
+        submission_files([entry for entry in GOOD_PR if not entry.path.endswith("card.md")], MAIN, set(MAIN), Limits())

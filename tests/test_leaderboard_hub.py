@@ -120,6 +120,7 @@ def test_update_merges_good_submissions_and_rejects_hostile_ones_with_their_reas
     assert {flow["hostile_prs"][num]: reason for num, reason in report.rejected.items()}.keys() == HOSTILE.keys()
     for num, name in flow["hostile_prs"].items():
         assert HOSTILE[name] in report.rejected[num]
+        assert "kebench-leaderboard-" not in report.rejected[num]  # the service's own paths stay private
         details = api.get_discussion_details(flow["requests"], num, repo_type="dataset")
         assert details.status == "closed"
         assert any(HOSTILE[name] in getattr(event, "content", "") for event in details.events)
@@ -291,3 +292,49 @@ def test_the_app_shows_the_new_rows_and_filters_them_in_chromium(flow, tmp_path)
     finally:
         browser.close()
         app.close()
+
+
+def test_an_interrupted_pass_is_finished_without_rescoring_after_main_moved_on(hub_server, leaderboard_reference, tmp_path):
+    from kebench_hf.leaderboard import submit, validate_run_dir
+    from kebench_hf.leaderboard.results import result_rows, results_card, results_parquet
+    from kebench_hf.leaderboard.service import score_submission
+
+    api = HfApi()
+    requests, results = hub_server.new_repo_id("requests"), hub_server.new_repo_id("results")
+    api.create_repo(requests, repo_type="dataset")
+    run = synthetic_run(tmp_path / "run", leaderboard_reference, HOPS, model="m/interrupted", method="ike", skill=0.6)
+    submit(run, requests, leaderboard_reference, api)
+    (pr,) = api.get_repo_discussions(requests, repo_type="dataset")
+    folder = next(path for path in api.list_repo_files(requests, repo_type="dataset", revision=pr.git_reference)
+                  if path.endswith("run.json")).rsplit("/", 1)[0]
+    # the state a pass leaves when it stops after writing the results, before merging
+    submission = validate_run_dir(run, leaderboard_reference)
+    rows = result_rows(submission, folder, score_submission(submission), "2026-01-01T00:00:00Z", pr.url)
+    api.create_repo(results, repo_type="dataset")
+    api.create_commit(results, [CommitOperationAdd(RESULTS_FILE, results_parquet(rows)),
+                                CommitOperationAdd("README.md", results_card(rows).encode())],
+                      commit_message="results", repo_type="dataset")
+    results_sha = api.repo_info(results, repo_type="dataset").sha
+    # main moves on after the pull request was opened: the PR is judged against where it started
+    api.upload_file(path_or_fileobj=b"# requests\n", path_in_repo="README.md", repo_id=requests, repo_type="dataset")
+
+    report = update_leaderboard(api, requests, results, leaderboard_reference)
+    assert report.accepted == {pr.num: folder} and report.new_rows == 0
+    assert api.get_discussion_details(requests, pr.num, repo_type="dataset").status == "merged"
+    assert api.repo_info(results, repo_type="dataset").sha == results_sha
+
+
+def test_the_app_filters_by_protocol_family_method_and_model_name(flow, tmp_path):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from kebench_hf.leaderboard.app import display_table, load_results, select
+
+    frame = load_results(flow["results"])
+    every = {"families": ["llava", "blip2"], "methods": ["ft_llm", "ike"], "search": ""}
+    assert len(select(frame, "token", **every)) == 2
+    assert list(select(frame, "generate", **every)["model"]) == [flow["model_repo"]]
+    assert list(select(frame, "token", **{**every, "families": ["blip2"]})["method"]) == ["ike"]
+    assert list(select(frame, "token", **{**every, "methods": ["ft_llm"]})["model_family"]) == ["llava"]
+    assert list(select(frame, "token", **{**every, "search": "NOT-ON"})["model"]) == ["nobody/not-on-the-hub"]
+    table = display_table(select(frame, "token", **every))
+    assert list(table["Reliability"]) == [100.0, 0.0]  # sorted by reliability, best first
+    assert table["Submission"][0] == f"[PR]({frame['link'][0]})"

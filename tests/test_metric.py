@@ -139,15 +139,19 @@ def test_missing_metrics_are_none_not_zero():
 
 
 def test_failed_rows_are_skipped_and_counted():
-    failed = row("c1", "reliability", [10], [], [])
-    only_failed = row("c3", "t_locality", [1], [], [])
-    result = score_predictions([*case_rows(), failed, only_failed], bootstrap=0)
+    # as the editors write a case that could not run: nothing predicted, hop 0 even for portability
+    failed = [row("c3", metric, [], [], [], answer="") for metric in METRICS]
+    failed_c1 = row("c1", "reliability", [10], [], [])
+    rows = [*case_rows(), *failed, failed_c1]
+    result = score_predictions(rows, bootstrap=0)
     # c1's failed reliability row does not dilute its scored row; c3 has no scored row at all
     assert_scores(result["scores"], TOKEN_SCORES)
-    assert result["skipped"] == {**dict.fromkeys(METRICS, 0), "reliability": 1, "t_locality": 1}
+    assert result["skipped"] == {**dict.fromkeys(METRICS, 1), "reliability": 2}
     assert result["counts"]["t_locality"] == 2
-    generate = score_predictions([*case_rows(), failed, only_failed], protocol="generate", bootstrap=0)
-    assert generate["skipped"]["reliability"] == 1 and generate["skipped"]["t_locality"] == 1
+    assert result["portability_by_hop"] == pytest.approx({"1": 50.0, "2": 25.0})
+    generate = score_predictions(rows, protocol="generate", bootstrap=0)
+    assert_scores(generate["scores"], GENERATE_SCORES)
+    assert generate["skipped"] == {**dict.fromkeys(METRICS, 1), "reliability": 2, "i_locality": 2}
 
 
 def test_exact_duplicate_rows_are_an_error_naming_both():

@@ -161,6 +161,19 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path
     assert (other / "train.json").read_bytes() != (tiny_world / "train.json").read_bytes()
 
 
+def test_an_interrupted_build_resumes_to_the_same_bytes(tmp_path: Path, tiny_world: Path) -> None:
+    import shutil
+
+    shutil.copytree(tiny_world.parent / "kg", tmp_path / "kg")
+    lost = sorted((tmp_path / "kg" / "images").rglob("*.jpg"))[5]
+    lost.unlink()  # as if the run had been killed before writing it
+    (tmp_path / "kg" / "names.tsv").unlink()
+    release = build_world(tmp_path, seed=0, scale="tiny")
+    assert lost.read_bytes() == (tiny_world.parent / "kg" / lost.relative_to(tmp_path / "kg")).read_bytes()
+    for file_name in RELEASE_FILES:
+        assert (release / file_name).read_bytes() == (tiny_world / file_name).read_bytes()
+
+
 def test_construct_command_on_the_generated_kg_reproduces_the_world(tmp_path: Path, tiny_world: Path) -> None:
     out = tmp_path / "rebuilt"
     assert main(["construct", str(tiny_world.parent / "kg"), str(out), "--seed", "0"]) == 0

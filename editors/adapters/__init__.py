@@ -50,11 +50,18 @@ def load_adapter(
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     source = str(path_or_hub_id)
-    if Path(source).suffix == "" and not Path(source).exists() and source.count("/") != 1:
+    is_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
+    if not Path(source).exists() and not is_hub_id:
         raise FileNotFoundError(f"model {source!r}: no such directory, and not a hub id (owner/name)")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"model {source!r}: cannot load its config ({error})") from None
     # Refuse an unknown family before loading any weights.
-    adapter = adapter_class(AutoConfig.from_pretrained(source).model_type)
+    adapter = adapter_class(config.model_type)
     if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; e.g. float32, bfloat16, float16")
         dtype = getattr(torch, dtype)
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
     model.to(device).eval()

@@ -9,6 +9,8 @@ Shared KV prefixes are not supported: the image tokens of different rows share i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
@@ -38,19 +40,13 @@ class Blip2Adapter(ChatTemplateAdapter):
         )
         return prompts, {"pixel_values": None, "mm_encoder_outputs": {"image": no_images}}
 
-    @torch.no_grad()
-    def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
-        if any(query.image is not None for query in queries):
-            return super().generate(queries, max_new_tokens)
+    def generate_ids(self, inputs: dict[str, Any], **generation: Any) -> torch.Tensor:
+        if inputs.get("pixel_values") is not None:
+            return self.model.generate(**inputs, **generation)
         # BLIP-2's own generate always runs the vision model: text-only prompts go to the LM alone.
-        prompts, _, _ = self._prompts(queries)
-        inputs = {key: value.to(self.device) for key, value in self._padded(prompts, side="left").items()}
-        output = self.model.language_model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+        return self.model.language_model.generate(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **generation
         )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def language_model(self) -> nn.Module:
         return self.model.language_model.model.decoder

@@ -163,9 +163,9 @@ class ChatTemplateAdapter(ModelAdapter):
     def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
         prompts, _, inputs = self._prompts(queries)
         inputs.update(self._padded(prompts, side="left"))
-        inputs = {key: value.to(self.device) for key, value in inputs.items()}
-        output = self.model.generate(
-            **inputs,
+        inputs = {key: value.to(self.device) if torch.is_tensor(value) else value for key, value in inputs.items()}
+        output = self.generate_ids(
+            inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -173,3 +173,7 @@ class ChatTemplateAdapter(ModelAdapter):
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def generate_ids(self, inputs: dict[str, Any], **generation: Any) -> torch.Tensor:
+        """The model's ``generate`` on left-padded ``inputs``: prompt ids followed by new ids."""
+        return self.model.generate(**inputs, **generation)

@@ -14,6 +14,9 @@ METHODS: dict[str, str] = {
     "ft-vision": "editors.methods.ft_vision:FTVision",
     "ft-llm": "editors.methods.ft_llm:FTLLM",
     "ike": "editors.methods.ike:IKE",
+    "ke": "editors.methods.ke:KE",
+    "serac": "editors.methods.serac:SERAC",
+    "mend": "editors.methods.mend:MEND",
 }
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import CaseSequence, EditCase
-from editors.forward import Readout, model_logits, readouts, score_queries
+from editors.forward import Readout, TopLayers, model_logits, readouts, score_queries
 
 
 @dataclasses.dataclass
@@ -68,16 +68,22 @@ class AppliedEdit:
     def rewrite(self, queries: list[Query]) -> list[Query]:
         return queries
 
-    def score(self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None) -> list[Readout]:
+    def score(
+        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None
+    ) -> list[Readout]:
         """Teacher-forced readouts of ``queries`` in one batched forward (see :mod:`editors.forward`).
 
-        ``encoded`` is the engine's encoding of ``queries`` as given; it is reused when
-        :meth:`rewrite` leaves the queries as they are (inputs are tokenized once).
+        ``encoded`` is the engine's encoding of ``queries`` as given, and ``top`` (when the method
+        declares :meth:`EditMethod.first_edited_layer`) the top layers re-runnable from inputs
+        captured before the edit; both are reused when :meth:`rewrite` leaves the queries as they
+        are, so inputs are tokenized once and frozen layers run once per query.
         """
         rewritten = self.rewrite(queries)
         if encoded is None or rewritten is not queries:
             return score_queries(self.adapter, rewritten, topk)
         with torch.no_grad():
+            if top is not None:
+                return readouts(top.logits(), 0, encoded, topk)
             return readouts(*model_logits(self.adapter, encoded), encoded, topk)
 
     def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
@@ -115,6 +121,15 @@ class EditMethod(ABC):
     @abstractmethod
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         """Make ``case``'s edit; the returned edit scores queries and restores the model."""
+
+    def first_edited_layer(self, adapter: ModelAdapter) -> int | None:
+        """The lowest decoder layer this method's edits can change, when every change is confined to
+        ``decoder_layers()[layer:]`` (and what follows them); ``None`` (the default) otherwise.
+
+        Declaring it lets the engine compute the layers below once per query, in the pre-edit pass,
+        and score the edited model by running only the layers from there up.
+        """
+        return None
 
     def run_info(self) -> dict[str, Any]:
         """What run.json should record beyond the config (e.g. which embedder was used)."""

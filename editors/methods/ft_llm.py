@@ -28,6 +28,9 @@ class FTLLM(EditMethod):
     config_class = FTLLMConfig
     config: FTLLMConfig
 
+    def first_edited_layer(self, adapter: ModelAdapter) -> int | None:
+        return self.config.layer
+
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         params = list(adapter.mlp(self.config.layer).parameters())
         snapshot = WeightSnapshot(params)

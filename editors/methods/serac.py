@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editors.adapters.base import ModelAdapter, Query
+from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import EditCase
 from editors.forward import Readout, score_queries
 from editors.methods.base import AppliedEdit
@@ -134,7 +134,7 @@ class SERAC(TrainedMethod):
             raise ValueError(f"serac: counterfactual_layers must be 1..{len(adapter.decoder_layers())}")
         if not hasattr(self, "encoder"):
             self.encoder = SentenceEncoder()
-        width = self.encoder.model.get_sentence_embedding_dimension() + adapter.model.config.get_text_config().hidden_size
+        width = self.encoder.model.get_embedding_dimension() + adapter.model.config.get_text_config().hidden_size
         self.editor = SERACEditor(width, self.config.classifier_hidden, self.counterfactual_parameters(adapter))
         self.editor.to(adapter.device)
         self.counterfactual_adapter: ModelAdapter | None = None
@@ -266,7 +266,8 @@ class MemoryEdit(AppliedEdit):
         rewritten = [replace(queries[i], context=edit_context(scopes[i])) for i in inside]
         return inside, rewritten, outside, [queries[i] for i in outside]
 
-    def score(self, queries: list[Query], topk: list[int]) -> list[Readout]:
+    def score(self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None) -> list[Readout]:
+        # routing splits the queries between two models, so the engine's joint encoding is not reused
         inside, rewritten, outside, unchanged = self.routed(queries)
         readouts: list[Readout | None] = [None] * len(queries)
         if rewritten:

@@ -50,10 +50,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("kg_dir", metavar="KG_DIR")
     parser.add_argument("out_dir", metavar="OUT_DIR")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--cases-per-entity", type=int, default=defaults.cases_per_entity)
-    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
-    parser.add_argument("--untouched-fraction", type=float, default=defaults.untouched_fraction)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="same seed, same bytes")
+    parser.add_argument(
+        "--cases-per-entity", type=int, default=defaults.cases_per_entity,
+        help="edit cases per edited entity, each with its own image pair and new answer",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test-fraction", type=float, default=defaults.test_fraction, help="share of edited entities in test"
+    )
+    parser.add_argument(
+        "--untouched-fraction", type=float, default=defaults.untouched_fraction,
+        help="share of entities kept out of every edit (I-/T-Locality come from them)",
+    )  # fmt: skip
     parser.add_argument(
         "--near-duplicate", type=float, default=defaults.near_duplicate,
         help="cosine similarity from which two images of an entity are the same picture",

@@ -55,9 +55,9 @@ def match_entities(
     """Within each type, ``rounds`` maximum-weight matchings of ``entities`` onto themselves.
 
     The weight of (e1, e2) is the number of relations both have (so questions about e2's facts
-    also make sense for e1), plus a seeded jitter below 1 that breaks ties without changing which
-    matchings are maximal in shared relations. Self-pairs, pairs with the same name, pairs already
-    used in an earlier round and pairs sharing no relation are never chosen.
+    also make sense for e1), plus a seeded jitter that breaks ties between equally good matchings.
+    Self-pairs, pairs with the same name, pairs already used in an earlier round and pairs sharing
+    no relation are never chosen.
     """
     rng = np.random.default_rng([seed, 3])
     by_type: dict[str, list[str]] = {}
@@ -76,11 +76,11 @@ def match_entities(
             dtype=np.float64,
         ).reshape(len(members), len(vocabulary))
         shared = has_relation @ has_relation.T
-        weights = shared + 0.5 * rng.random(shared.shape)
-        forbidden = shared == 0
-        np.fill_diagonal(forbidden, True)
+        # The jitter of a whole matching stays below 1, so it only breaks ties between matchings.
+        weights = shared + rng.random(shared.shape) / (2 * len(members))
         names = np.array([kg.entities[member].name for member in members])
-        forbidden |= names[:, None] == names[None, :]
+        # Same name covers the entity itself: alt must differ from pred.
+        forbidden = (shared == 0) | (names[:, None] == names[None, :])
         for round_index in range(rounds):
             rows, cols = linear_sum_assignment(np.where(forbidden, _FORBIDDEN, weights), maximize=True)
             for row, col in zip(rows, cols, strict=True):

@@ -95,7 +95,7 @@ def result_rows(
         row = {
             "submission": folder,
             "model": run["model"],
-            "model_family": str(run.get("model_family") or "unknown"),
+            "model_family": run["model_family"],
             "method": run["method"],
             "protocol": protocol,
             "portability_by_hop": [

@@ -96,21 +96,25 @@ def score_submission(submission: ValidatedSubmission) -> dict[str, dict]:
     return scores
 
 
-def submission_files(pr_tree: list[RepoFile], main_tree: Mapping[str, str], limits: Limits) -> tuple[str, dict]:
+def submission_files(
+    pr_tree: list[RepoFile], base_tree: Mapping[str, str], main_paths: set[str], limits: Limits
+) -> tuple[str, dict]:
     """The pull request's one new submission folder and its files (name -> size), from listings only.
 
-    Nothing is downloaded before the paths and sizes pass: a hostile name never becomes a local path.
+    ``base_tree`` (path -> blob id) is the commit the pull request started from; ``main_paths`` what
+    ``main`` holds now. Nothing is downloaded before the paths and sizes pass: a hostile name never
+    becomes a local path.
     """
     pr_paths = {entry.path for entry in pr_tree}
-    removed = sorted(set(main_tree) - pr_paths)
+    removed = sorted(set(base_tree) - pr_paths)
     if removed:
         raise SubmissionError(f"a submission may only add files; it removes {removed[:3]}")
-    added = [entry for entry in pr_tree if main_tree.get(entry.path) != entry.blob_id]
+    added = [entry for entry in pr_tree if base_tree.get(entry.path) != entry.blob_id]
     if not added:
         raise SubmissionError("the pull request adds no files")
     folders, files = set(), {}
     for entry in added:
-        if entry.path in main_tree:
+        if entry.path in base_tree or entry.path in main_paths:
             raise SubmissionError(f"the pull request changes an existing file: {entry.path!r}")
         parts = entry.path.split("/")
         if len(parts) != 5 or parts[0] != SUBMISSIONS_ROOT or not all(SAFE_NAME.match(p) for p in parts[1:4]):
@@ -137,6 +141,14 @@ def submission_files(pr_tree: list[RepoFile], main_tree: Mapping[str, str], limi
 def _tree(api: HfApi, repo_id: str, revision: str) -> list[RepoFile]:
     entries = api.list_repo_tree(repo_id, revision=revision, recursive=True, repo_type="dataset")
     return [entry for entry in entries if isinstance(entry, RepoFile)]
+
+
+def _base_tree(api: HfApi, repo_id: str, revision: str, main_commits: set[str]) -> dict[str, str]:
+    """Path -> blob id at the newest commit of ``revision`` that ``main`` also has (where the PR started)."""
+    for commit in api.list_repo_commits(repo_id, revision=revision, repo_type="dataset"):
+        if commit.commit_id in main_commits:
+            return {entry.path: entry.blob_id for entry in _tree(api, repo_id, commit.commit_id)}
+    raise SubmissionError("the pull request shares no history with main")
 
 
 def _download(api: HfApi, repo_id: str, filename: str, revision: str, directory: Path, repo_type: str) -> Path | None:
@@ -175,7 +187,8 @@ def update_leaderboard(
         existing = read_results(results_path) if results_path else []
         by_hash = {row["predictions_sha256"]: row["submission"] for row in existing}
         scored_folders = {row["submission"] for row in existing}
-        main_tree = {entry.path: entry.blob_id for entry in _tree(api, requests_repo, "main")}
+        main_paths = {entry.path for entry in _tree(api, requests_repo, "main")}
+        main_commits = {commit.commit_id for commit in api.list_repo_commits(requests_repo, repo_type="dataset")}
         pending = sorted(
             api.get_repo_discussions(
                 requests_repo, discussion_type="pull_request", discussion_status="open", repo_type="dataset"
@@ -186,7 +199,12 @@ def update_leaderboard(
         to_merge: dict[int, str] = {}
         for pr in tqdm(pending, desc="submissions", unit="PR", disable=not pending):
             try:
-                folder, files = submission_files(_tree(api, requests_repo, pr.git_reference), main_tree, limits)
+                folder, files = submission_files(
+                    _tree(api, requests_repo, pr.git_reference),
+                    _base_tree(api, requests_repo, pr.git_reference, main_commits),
+                    main_paths,
+                    limits,
+                )
                 if folder in scored_folders:
                     to_merge[pr.num] = "Already scored; merging."
                     report.accepted[pr.num] = folder

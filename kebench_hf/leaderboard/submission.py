@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +36,10 @@ LEADERBOARD_CONFIG = "edit"
 LEADERBOARD_SPLIT = "test"
 #: a path component we accept in a submission path: no separators, no dots-only names, no spaces
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+#: longest model, family or method name shown on the leaderboard
+MAX_NAME_LENGTH = 200
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
 
 class SubmissionError(ValueError):
     """A submission is invalid; the message is the reason written back to the submitter."""
@@ -100,12 +103,14 @@ class ValidatedSubmission:
     predictions_file: str
     predictions_sha256: str
     protocols: tuple[str, ...]
-    model: str = field(init=False)
-    method: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model", self.run["model"])
-        object.__setattr__(self, "method", self.run["method"])
+    @property
+    def model(self) -> str:
+        return self.run["model"]
+
+    @property
+    def method(self) -> str:
+        return self.run["method"]
 
 
 def validate_run_dir(run_dir: str | Path, reference: Reference, limits: Limits = DEFAULT_LIMITS) -> ValidatedSubmission:
@@ -164,13 +169,15 @@ def read_run_json(path: Path) -> dict:
         raise SubmissionError(f"{RUN_FILE} is not valid UTF-8 JSON: {error}") from None
     if not isinstance(run, dict):
         raise SubmissionError(f"{RUN_FILE} must hold a JSON object, not {type(run).__name__}")
-    for name in ("model", "method"):
-        if not isinstance(run.get(name), str) or not run[name].strip():
-            raise SubmissionError(f"{RUN_FILE}: field {name!r} must be a non-empty string")
-    for name in ("seconds_per_edit",):
+    for name in ("model", "method", "model_family"):
         value = run.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-            raise SubmissionError(f"{RUN_FILE}: field {name!r} must be a non-negative number, got {value!r}")
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH or not value.isprintable():
+            raise SubmissionError(
+                f"{RUN_FILE}: field {name!r} must be a printable string of 1 to {MAX_NAME_LENGTH} characters"
+            )
+    seconds = run.get("seconds_per_edit")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0):
+        raise SubmissionError(f"{RUN_FILE}: field 'seconds_per_edit' must be a non-negative number, got {seconds!r}")
     return run
 
 
@@ -267,7 +274,7 @@ def default_card(run: Mapping, description: str = "") -> str:
         "",
         description.strip() or "Submitted with `kebench submit`.",
         "",
-        f"- model: `{run['model']}` (family: `{run.get('model_family', 'unknown')}`)",
+        f"- model: `{run['model']}` (family: `{run['model_family']}`)",
         f"- method: `{run['method']}`",
         f"- hyper-parameters: `{json.dumps(run.get('hyperparameters', {}), sort_keys=True)}`",
         f"- seed: `{run.get('seed')}`",

@@ -363,6 +363,12 @@ class HubStore:
         return "".join(chunk if chunk.endswith("\n") else chunk + "\n" for chunk in chunks)
 
 
+# A repository in API paths (``/api/datasets/org/name``) and in web paths (``/datasets/org/name``,
+# models without a prefix); revisions arrive URL-quoted as one segment (``refs%2Fpr%2F1``).
+_API_REPO = r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)"
+_WEB_REPO = r"/(?:(?P<t>dataset|space)s/)?(?P<org>[^/]+)/(?P<name>[^/]+)"
+
+
 class HubRequestHandler(BaseHTTPRequestHandler):
     """Routes hub API calls to the ``HubStore`` of its server."""
 
@@ -372,38 +378,29 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     STREAMING = frozenset({"lfs_put", "resolve"})
 
     ROUTES: list[tuple[str, str, str]] = [
-        # (method, regex on the raw path, handler name); repo routes capture type, org and name
+        # (method, regex on the raw path, handler name); the URL-quoted captures are unquoted for the handler
         ("GET", r"/api/whoami-v2", "whoami"),
         ("GET", r"/api/agent-harnesses", "agent_harnesses"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("DELETE", r"/api/repos/delete", "delete_repo"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("PUT", r"/_lfs/(?P<oid>[0-9a-f]{64})", "lfs_put"),
-        ("POST", r"/(?:(?P<t>dataset|space)s/)?(?P<org>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch", "lfs_batch"),
-        ("GET", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)(?:/revision/(?P<rev>[^/]+))?",
-         "repo_info"),
-        ("GET", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?",
-         "tree"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/paths-info/(?P<rev>[^/]+)",
-         "paths_info"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/preupload/(?P<rev>[^/]+)",
-         "preupload"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/commit/(?P<rev>[^/]+)", "commit"),
-        ("GET", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/refs", "refs"),
-        ("GET", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/commits/(?P<rev>[^/]+)", "commits"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/branch/(?P<branch>[^/]+)",
-         "create_branch"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/tag/(?P<rev>[^/]+)", "create_tag"),
-        ("GET", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/discussions", "list_discussions"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/discussions", "create_discussion"),
-        ("GET", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/discussions/(?P<num>\d+)",
-         "discussion_details"),
-        ("POST", r"/api/(?P<t>model|dataset|space)s/(?P<org>[^/]+)/(?P<name>[^/]+)/discussions/(?P<num>\d+)/"
-         r"(?P<action>merge|comment|status|title)", "discussion_action"),
-        ("GET", r"/(?:(?P<t>dataset|space)s/)?(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
-         "resolve"),
-        ("HEAD", r"/(?:(?P<t>dataset|space)s/)?(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
-         "resolve"),
+        ("POST", rf"{_WEB_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
+        ("GET", rf"{_API_REPO}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
+        ("GET", rf"{_API_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "tree"),
+        ("POST", rf"{_API_REPO}/paths-info/(?P<rev>[^/]+)", "paths_info"),
+        ("POST", rf"{_API_REPO}/preupload/(?P<rev>[^/]+)", "preupload"),
+        ("POST", rf"{_API_REPO}/commit/(?P<rev>[^/]+)", "commit"),
+        ("GET", rf"{_API_REPO}/refs", "refs"),
+        ("GET", rf"{_API_REPO}/commits/(?P<rev>[^/]+)", "commits"),
+        ("POST", rf"{_API_REPO}/branch/(?P<branch>[^/]+)", "create_branch"),
+        ("POST", rf"{_API_REPO}/tag/(?P<rev>[^/]+)", "create_tag"),
+        ("GET", rf"{_API_REPO}/discussions", "list_discussions"),
+        ("POST", rf"{_API_REPO}/discussions", "create_discussion"),
+        ("GET", rf"{_API_REPO}/discussions/(?P<num>\d+)", "discussion_details"),
+        ("POST", rf"{_API_REPO}/discussions/(?P<num>\d+)/(?P<action>merge|comment|status|title)", "discussion_action"),
+        ("GET", rf"{_WEB_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+        ("HEAD", rf"{_WEB_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
     ]
 
     # -- plumbing ----------------------------------------------------------------------------
