@@ -53,9 +53,8 @@ def main() -> None:
 
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from kebench_hf.leaderboard import Reference
     from kebench_hf.leaderboard.service import update_leaderboard
-    from kebench_hf.leaderboard.submission import default_card
+    from kebench_hf.leaderboard.submission import Reference, default_card
     from kebench_hf.leaderboard.synthetic import Shapes, synthetic_run
     from kebench_hf.scoring import read_predictions
     from metric.kebench import METRICS, score_predictions

@@ -99,7 +99,7 @@ def leaderboard_data(tmp_path_factory: pytest.TempPathFactory, vlkeb_fixture_dir
 @pytest.fixture(scope="session")
 def leaderboard_reference(leaderboard_data: Path):
     """The leaderboard's ``Reference`` (dataset version + case ids per metric) of ``leaderboard_data``."""
-    from kebench_hf.leaderboard import Reference
+    from kebench_hf.leaderboard.submission import Reference
 
     return Reference.load(str(leaderboard_data))
 

@@ -15,9 +15,9 @@ import yaml
 from huggingface_hub import parse_eval_result_entries
 from huggingface_hub.hf_api import RepoFile
 
-from kebench_hf.leaderboard import Limits, SubmissionError, validate_run_dir
 from kebench_hf.leaderboard.results import eval_results_yaml, read_results, result_rows, results_parquet
 from kebench_hf.leaderboard.service import score_submission, submission_files
+from kebench_hf.leaderboard.submission import Limits, SubmissionError, validate_run_dir
 from kebench_hf.leaderboard.synthetic import synthetic_run
 from metric.kebench import METRICS
 

@@ -30,9 +30,9 @@ from huggingface_hub import (
 )
 
 from kebench_hf.cli import main
-from kebench_hf.leaderboard import Limits
 from kebench_hf.leaderboard.results import EVAL_RESULTS_FILE, RESULTS_FILE
 from kebench_hf.leaderboard.service import update_leaderboard
+from kebench_hf.leaderboard.submission import Limits
 from kebench_hf.leaderboard.synthetic import synthetic_run
 from metric.kebench import METRICS
 
@@ -295,9 +295,9 @@ def test_the_app_shows_the_new_rows_and_filters_them_in_chromium(flow, tmp_path)
 
 
 def test_an_interrupted_pass_is_finished_without_rescoring_after_main_moved_on(hub_server, leaderboard_reference, tmp_path):
-    from kebench_hf.leaderboard import submit, validate_run_dir
     from kebench_hf.leaderboard.results import result_rows, results_card, results_parquet
     from kebench_hf.leaderboard.service import score_submission
+    from kebench_hf.leaderboard.submission import submit, validate_run_dir
 
     api = HfApi()
     requests, results = hub_server.new_repo_id("requests"), hub_server.new_repo_id("results")

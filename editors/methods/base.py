@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -169,3 +169,27 @@ def answer_nll(logits: torch.Tensor, batch: EncodedBatch, offset: int = 0) -> to
         target = torch.tensor(targets, device=logits.device)
         losses.append(nn.functional.cross_entropy(row_logits, target, reduction="sum"))
     return torch.stack(losses).sum() / sum(len(t) for t in batch.target_ids)
+
+
+def input_width(module: nn.Module) -> int:
+    """The widest ``in_features`` among the linear layers of ``module``."""
+    widths = [child.in_features for child in module.modules() if isinstance(child, nn.Linear)]
+    if not widths:
+        raise ValueError(f"{type(module).__name__} has no linear layer to fine-tune")
+    return max(widths)
+
+
+def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], steps: int, lr: float,
+              stop_loss: float) -> int:
+    """Adam on ``params`` for at most ``steps`` steps, stopping once the loss is below ``stop_loss``
+    (the reference FT's rule); returns the steps taken."""
+    with trainable(params):
+        optimizer = torch.optim.Adam(params, lr=lr)
+        for step in range(steps):
+            loss = loss_fn()
+            if loss.item() < stop_loss:
+                return step
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return steps

@@ -8,6 +8,7 @@ must carry over.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +39,10 @@ def follow(kg: KnowledgeGraph, start: str, relations: tuple[str, ...]) -> str | 
     """The entity reached from ``start`` along ``relations``, or None where a fact is missing."""
     current = start
     for relation in relations:
-        nxt = kg.functional.get((current, relation))
-        if nxt is None:
+        following = kg.functional.get((current, relation))
+        if following is None:
             return None
-        current = nxt
+        current = following
     return current
 
 
@@ -52,7 +53,9 @@ def chain_question(relations: tuple[str, ...], subject: str) -> str:
     return relation_question(relations[-1], subject)
 
 
-def _paths(kg: KnowledgeGraph, start: str, max_hops: int, avoid: str | None, report: Report | None):
+def _paths(
+    kg: KnowledgeGraph, start: str, max_hops: int, avoid: str | None, report: Report | None
+) -> Iterator[tuple[tuple[str, ...], str]]:
     """Yield (relations, target) for every acyclic path of 1..``max_hops`` facts from ``start``.
 
     Paths are not continued through ``avoid`` or through an entity already on them (a cycle).

@@ -85,14 +85,19 @@ def image_subject(entity_type: str) -> str:
     return f"the {entity_type.replace('_', ' ')} in the image"
 
 
+_WORD = re.compile(r"\w+")
+
+
 def contains_answer(question: str, answer: str) -> bool:
-    """Whether ``answer`` (underscores read as spaces) occurs in ``question`` as whole words."""
-    words = answer.replace("_", " ").strip()
+    """Whether the words of ``answer`` (underscores read as spaces) occur in ``question`` in a row.
+
+    Case and punctuation are ignored; "Ada" is not found in "Adam".
+    """
+    words = _WORD.findall(answer.replace("_", " ").lower())
     if not words:
         return False
-    return (
-        re.search(rf"(?<!\w){re.escape(words)}(?!\w)", question.replace("_", " "), re.IGNORECASE) is not None
-    )
+    text = _WORD.findall(question.replace("_", " ").lower())
+    return any(text[start : start + len(words)] == words for start in range(len(text) - len(words) + 1))
 
 
 class QuestionGenerator(Protocol):

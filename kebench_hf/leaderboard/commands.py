@@ -8,16 +8,14 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-
-from huggingface_hub import CommitInfo, HfApi
+from typing import TYPE_CHECKING
 
 from kebench_hf.hub import HubError, check_repo_id, hub_errors, hub_token, push_folder
-from kebench_hf.leaderboard.submission import (
-    RUN_FILE,
-    Reference,
-    SubmissionError,
-    read_run_json,
-)
+
+if TYPE_CHECKING:  # the scoring stack (datasets, evaluate, the metric) is imported by the commands that use it
+    from huggingface_hub import CommitInfo
+
+    from kebench_hf.leaderboard.submission import Reference
 
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 SPACE_CONFIG = "leaderboard.json"
@@ -37,6 +35,8 @@ def push_space(repo_id: str, results_repo: str, requests_repo: str, *, token: st
 
 
 def _reference(data: str | None, run_dir: str | None = None) -> Reference:
+    from kebench_hf.leaderboard.submission import RUN_FILE, Reference, read_run_json
+
     if data is None and run_dir is not None:
         data = read_run_json(Path(run_dir) / RUN_FILE).get("data")
     if not data:
@@ -45,7 +45,9 @@ def _reference(data: str | None, run_dir: str | None = None) -> Reference:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from kebench_hf.leaderboard.submission import submit
+    from huggingface_hub import HfApi
+
+    from kebench_hf.leaderboard.submission import SubmissionError, submit
 
     check_repo_id(args.repo)
     try:
@@ -60,6 +62,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
+    from huggingface_hub import HfApi
+
     from kebench_hf.leaderboard.service import update_leaderboard
 
     check_repo_id(args.requests)

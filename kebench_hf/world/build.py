@@ -34,19 +34,30 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "tiny": Scale(
-        {"country": 4, "city": 8, "river": 4, "club": 8, "person": 24}, 3, 4, 0.2,
-        ConstructConfig(cases_per_entity=1),
+        entities={"country": 4, "city": 8, "river": 4, "club": 8, "person": 24},
+        languages=3,
+        images_per_entity=4,
+        duplicate_rate=0.2,
+        construct=ConstructConfig(cases_per_entity=1),
     ),
     "default": Scale(
-        {"country": 10, "city": 40, "river": 12, "club": 24, "person": 80}, 6, 8, 0.1,
-        ConstructConfig(cases_per_entity=3, test_fraction=0.28, train_cases=300, test_cases=100),
+        entities={"country": 10, "city": 40, "river": 12, "club": 24, "person": 80},
+        languages=6,
+        images_per_entity=8,
+        duplicate_rate=0.1,
+        construct=ConstructConfig(cases_per_entity=3, test_fraction=0.28, train_cases=300, test_cases=100),
     ),
+    # The paper's proportions: 8,174 cases, ~18k images, the release's multi-hop and one-hop counts.
     "full": Scale(
-        {"country": 185, "city": 1950, "river": 480, "club": 770, "person": 6000}, 40, 2, 0.05,
-        ConstructConfig(untouched_fraction=0.05, train_cases=5000, test_cases=3174, multihop_cases=1278,
-                        onehop_cases=1278),
+        entities={"country": 185, "city": 1950, "river": 480, "club": 770, "person": 6000},
+        languages=40,
+        images_per_entity=2,
+        duplicate_rate=0.05,
+        construct=ConstructConfig(
+            untouched_fraction=0.05, train_cases=5000, test_cases=3174, multihop_cases=1278, onehop_cases=1278
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
