@@ -3,12 +3,14 @@
 The training data is what the model should "know" before any edit, from the train AND test
 splits: every edit question and its rephrase answered with the old answer ``pred`` on both the
 edit image and the I-Generality image, the I-Locality questions on their images, the text-only
-T-Locality questions, and in-context examples in IKE's prompt format (a new fact in the context,
-answered from it) so that the model learns to use facts it reads, as real LLMs do.
+T-Locality questions; with the world's knowledge graph (``<data>/../kg``), every fact as a text
+question and the "the <type> in the image" chains from e1 that portability asks about; and
+in-context examples in IKE's prompt format (a new fact in the context, answered from it) so that
+the model learns to use facts it reads, as real LLMs do.
 
 The loop is nanoGPT-short: sample a batch, teacher-forced loss on the answer tokens (+ end of
-answer, + the context's tokens in in-context batches), AdamW with warmup and cosine decay, clip, step; a checkpoint every ``checkpoint_every``
-steps lets a killed run resume where it stopped.
+answer, + the context's tokens in in-context batches), AdamW with warmup and cosine decay, clip,
+step; a checkpoint every ``checkpoint_every`` steps lets a killed run resume where it stopped.
 """
 
 from __future__ import annotations
@@ -41,15 +43,15 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "pretrain-checkpoint.pt"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 3
+RECIPE = 4
 #: how often each group of plain queries is drawn, relative to the others
-GROUP_WEIGHTS = {"pre_edit": 0.6, "knowledge": 0.15, "chains": 0.25}
+GROUP_WEIGHTS = {"pre_edit": 0.7, "knowledge": 0.1, "chains": 0.2}
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     arch: str = "llava"
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -217,7 +219,9 @@ class Mixture:
     def batch(self, step: int, rng: random.Random) -> list[Query]:
         config = self.config
         if self.ike_cases and config.ike_every and step % config.ike_every == config.ike_every - 1:
-            demonstrations = rng.randint(0, min(config.max_demonstrations, len(self.demonstrations)))
+            # log-uniform over 0..max: mostly short contexts (cheap, where copying is learnt first)
+            most = min(config.max_demonstrations, len(self.demonstrations))
+            demonstrations = int(2 ** rng.uniform(0, math.log2(most + 1))) - 1
             cases = rng.sample(self.ike_cases, min(config.ike_cases_per_step, len(self.ike_cases)))
             return [query for case in cases for query in self.in_context(case, rng, demonstrations)]
         names = list(self.groups)
@@ -297,9 +301,10 @@ def pretrain(
 
 def evaluate_pretraining(adapter: ModelAdapter, world: World, mixture: Mixture, rng: random.Random) -> dict[str, float]:
     """Token accuracies on the test split (the train split if there is none): what the model
-    knows before editing, what it must not know yet, and whether it reads a new fact in context."""
+    knows before editing, what it must not know yet, and whether it reads a new fact in context
+    (after ``max_demonstrations`` random demonstrations, as many as IKE retrieves)."""
     cases = world.cases.get("test") or [case for split in world.cases.values() for case in split]
-    demonstrations = min(8, len(mixture.demonstrations))
+    demonstrations = min(mixture.config.max_demonstrations, len(mixture.demonstrations))
     in_context = [mixture.in_context(case, rng, demonstrations) for case in cases] if mixture.demonstrations else []
     probes = {
         "reliability_old_answer": [Query(case.src, case.pred, case.image) for case in cases],

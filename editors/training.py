@@ -284,10 +284,10 @@ def check_base_model(editor_dir: Path, recorded: Mapping[str, Any], current: Map
 class MetaTrainingConfig(MethodConfig):
     """Settings of the meta-training loop, shared by the trained methods' configs."""
 
-    max_steps: int = 600
+    max_steps: int = 1500
     lr: float = 1e-3
     val_cases: int = 16
-    val_every: int = 50
+    val_every: int = 100
     patience: int = 4
     seed: int = 0
 

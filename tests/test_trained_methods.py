@@ -211,3 +211,18 @@ def test_meta_training_resumes_where_a_killed_run_stopped(tmp_path):
     assert report["steps"] == 8
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["mend", "serac"])
+def test_kebench_run_uses_a_trained_editor_sequentially(name, tiny_llava, tiny_world, editors, tmp_path):
+    from editors.run import RunSettings, run
+
+    settings = RunSettings(
+        method=name, out=tmp_path / "run", model=str(tiny_llava), data=str(tiny_world), limit=2,
+        sequential=2, editor=editors[name], generate=False, bootstrap=10,
+    )
+    scores = run(settings)
+    assert scores["token"]["counts"]["reliability"] == 2
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["method_info"]["editor_dir"] == str(editors[name])
+    assert info["method_info"]["training"]["steps"] == SETTINGS[name]["max_steps"]

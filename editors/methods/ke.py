@@ -27,6 +27,8 @@ class KEConfig(WeightUpdateConfig):
 
     layers: tuple[int, ...] = (-1,)
     hidden_size: int = 128
+    #: one edited layer has less room than MEND's three: a lighter locality term lets edits land
+    locality_weight: float = 3.0
 
 
 class KnowledgeEditorNetwork(nn.Module):

@@ -54,6 +54,8 @@ class SERACConfig(MetaTrainingConfig):
 
     threshold: float = 0.5
     classifier_hidden: int = 256
+    #: other train cases whose queries serve as (mostly) out-of-scope examples per step
+    negative_cases: int = 4
     counterfactual_layers: int = 2
     counterfactual_lr: float = 3e-4
     max_steps: int = 400
@@ -169,14 +171,14 @@ class SERAC(TrainedMethod):
         position = {id(case): index for index, case in enumerate(cases)}
         sampler = random.Random(self.config.seed)
 
-        def scope_logits(case: EditCase, other: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """The case's 5 queries + another case's 3 edited queries, against the case's edit."""
+        def scope_logits(case: EditCase, others: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            """The case's 5 queries + other cases' 3 edited queries, against the case's edit."""
             own = representations[position[id(case)]]
-            logits = self.editor.classifier(own[:1], torch.cat([own, representations[other, :3]]))[0]
+            queries = torch.cat([own, *(representations[other, :3] for other in others)])
+            logits = self.editor.classifier(own[:1], queries)[0]
             # another case about the same old entity is in scope of this edit too
-            same_entity = float(cases[other].pred == case.pred)
-            labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0] + [same_entity] * 3, device=logits.device)
-            return logits, labels
+            labels = [1.0, 1.0, 1.0, 0.0, 0.0] + [float(cases[o].pred == case.pred) for o in others for _ in range(3)]
+            return logits, torch.tensor(labels, device=logits.device)
 
         def counterfactual_logits(case: EditCase):
             batch = adapter.encode([replace(q, context=edit_context(case)) for q in generality_queries(case)])
@@ -184,13 +186,15 @@ class SERAC(TrainedMethod):
             return model_logits(adapter, batch, self.editor.counterfactual_weights()), batch
 
         def training_loss(case: EditCase) -> torch.Tensor:
-            logits, labels = scope_logits(case, sampler.randrange(len(cases)))
+            others = [sampler.randrange(len(cases)) for _ in range(self.config.negative_cases)]
+            logits, labels = scope_logits(case, others)
             answers, batch = counterfactual_logits(case)
             return F.binary_cross_entropy_with_logits(logits, labels) + answer_nll(answers, batch, range(3))
 
         def validation_score(case: EditCase) -> float:
             with torch.no_grad():
-                logits, labels = scope_logits(case, (position[id(case)] + 1) % len(cases))
+                own = position[id(case)]
+                logits, labels = scope_logits(case, [(own + k) % len(cases) for k in range(1, self.config.negative_cases + 1)])
                 answers, batch = counterfactual_logits(case)
             return ((logits > 0).float() == labels).float().mean().item() + answer_accuracy(answers, batch, range(3))
 

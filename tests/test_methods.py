@@ -1,0 +1,135 @@
+"""Editing methods on the tiny pretrained LLaVA: edits change answers, restores are bit-exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editors.adapters import load_adapter
+from editors.cases import CaseSequence
+from editors.engine import Engine, EngineOptions
+from editors.forward import score_queries
+from editors.methods import METHODS, get_method
+from editors.methods.ike import demonstration
+from editors.run import load_split, make_method
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_llava):
+    adapter = load_adapter(tiny_llava)
+    adapter.model.requires_grad_(False)
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def test_cases(tiny_world) -> CaseSequence:
+    return CaseSequence(load_split(tiny_world, "edit", "test"))
+
+
+@pytest.fixture(scope="module")
+def train_cases(tiny_world) -> CaseSequence:
+    return CaseSequence(load_split(tiny_world, "edit", "train"))
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def changed_tensors(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
+    return {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
+
+
+def names_of(model: torch.nn.Module, module: torch.nn.Module) -> set[str]:
+    owned = {id(param) for param in module.parameters()}
+    return {name for name, param in model.named_parameters() if id(param) in owned}
+
+
+def test_registry_names_and_unknown_method():
+    assert {"ft-llm", "ft-vision", "ike"} <= set(METHODS)
+    assert get_method("ft-llm").name == "ft-llm"
+    with pytest.raises(ValueError, match="unknown editing method 'nope'"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="unknown FTLLMConfig setting"):
+        make_method("ft-llm", {"learning_rate": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "module"),
+    [
+        ("ft-llm", {}, lambda adapter: adapter.mlp(-1)),
+        # the projector of a tiny model needs more steps to move an answer reliably
+        ("ft-vision", {"steps": 20, "stop_loss": 0.1}, lambda adapter: adapter.vision_side_module()),
+    ],
+)
+def test_weight_edit_changes_answer_touches_only_its_module_and_restores_bit_exact(
+    llava, test_cases, name, options, module
+):
+    method = make_method(name, options)
+    before = state(llava.model)
+    allowed = names_of(llava.model, module(llava))
+    hits = 0
+    for index in range(3):
+        case = test_cases[index]
+        pre = score_queries(llava, [case.edit_query], [0])[0]
+        edit = method.apply(llava, case)
+        changed = changed_tensors(llava.model, before)
+        assert changed and changed <= allowed, f"{name} changed {sorted(changed - allowed)}"
+        post = edit.score([case.edit_query], [0])[0]
+        assert post.answer_accuracy > pre.answer_accuracy
+        hits += post.answer_accuracy == 1.0
+        edit.restore()
+        assert changed_tensors(llava.model, before) == set(), "restore must give back every tensor bit for bit"
+    assert hits >= 2
+
+
+def test_ft_llm_top_layer_cache_gives_the_plain_result(llava, test_cases):
+    """Training from cached lower-layer activations = training through the whole model."""
+    case = test_cases[0]
+    results = []
+    for cached in (True, False):
+        edit = make_method("ft-llm", {"cache_frozen_layers": cached}).apply(llava, case)
+        results.append({name: value.clone() for name, value in llava.model.state_dict().items() if ".mlp." in name})
+        edit.restore()
+    for name, value in results[0].items():
+        torch.testing.assert_close(value, results[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_ike_retrieves_nearest_demonstrations_and_changes_no_weight(llava, test_cases, train_cases):
+    ike = make_method("ike", {"k": 4})
+    ike.prepare(llava, train_cases)
+    assert ike.run_info() == {"embedder": "all-MiniLM-L6-v2"}
+    # A case equal to a train case finds that case's own "copy" demonstration as the nearest (last).
+    own = train_cases[0]
+    edit = ike.apply(llava, own)
+    demos = edit.context.split("\n\n")
+    assert demos[-2] + "\n\n" == demonstration(own.src, own.alt, own.src, own.alt)
+    assert edit.context.endswith(f"New Fact: {own.src} {own.alt}\nPrompt:")
+    assert edit.context.count("New Fact:") == 5
+
+    before = state(llava.model)
+    case = test_cases[0]
+    queries = [query for _, query in case.queries()]
+    edit = ike.apply(llava, case)
+    pre = score_queries(llava, queries, [1] * len(queries))
+    post = edit.score(queries, [1] * len(queries))
+    assert [r.topk.tolist() for r in pre] != [r.topk.tolist() for r in post], "the prompt must change outputs"
+    assert all(len(a.topk) == len(b.topk) for a, b in zip(pre, post, strict=True)), "context shifts, never widens"
+    edit.restore()
+    assert changed_tensors(llava.model, before) == set()
+
+
+def test_sequential_edits_hold_together_and_restore(llava, test_cases):
+    method = make_method("ft-llm", {})
+    before = state(llava.model)
+    engine = Engine(llava, method, EngineOptions(generate=False))
+    cases = [(test_cases[i].case_id, test_cases[i]) for i in range(2)]
+    results = list(engine.run(iter(cases), sequential=2))
+    assert [r.case_id for r in results] == [case_id for case_id, _ in cases]
+    for result in results:
+        reliability = next(row for row in result.rows if row["metric"] == "reliability")
+        hits = {when: sum(ids[0] == t for ids, t in zip(reliability[when], reliability["target"], strict=True))
+                for when in ("pre", "post")}
+        assert hits["post"] > hits["pre"], "both edits must hold after the two are applied"
+    assert changed_tensors(llava.model, before) == set()
+    with pytest.raises(ValueError, match="does not support sequential"):
+        list(Engine(llava, make_method("ike", {}), EngineOptions(generate=False)).run(iter(cases), sequential=2))
