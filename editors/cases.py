@@ -19,8 +19,6 @@ from editors.adapters.base import Query
 
 #: the six metric families, in the order of the paper's tables
 METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
-#: metrics whose expected output is the pre-edit output (compared pre vs post)
-LOCALITY_METRICS = ("t_locality", "i_locality")
 
 
 class CaseError(ValueError):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editors.cases import CaseError, CaseSequence, EditCase
+from editors.cases import METRICS, CaseError, CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, get_method, method_names
 
@@ -283,7 +283,6 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
 
 
 # -- the main job -------------------------------------------------------------------------------
-TABLE_COLUMNS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
 TABLE_HEADERS = ("Rel.", "T-Gen.", "I-Gen.", "T-Loc.", "I-Loc.", "Port.")
 
 
@@ -292,7 +291,7 @@ def score_table(results: dict[str, dict[str, Any]], protocol: str) -> str:
     lines = [f"| method ({protocol}) | " + " | ".join(TABLE_HEADERS) + " |", "|---" * (len(TABLE_HEADERS) + 1) + "|"]
     for name, scores in results.items():
         values = scores[protocol]["scores"]
-        cells = ["-" if values[c] is None else f"{values[c]:.1f}" for c in TABLE_COLUMNS]
+        cells = ["-" if values[c] is None else f"{values[c]:.1f}" for c in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -308,9 +307,9 @@ def plot_scores(results: dict[str, dict[str, Any]], path: Path) -> Path:
     width = 0.8 / max(1, len(results))
     for axis, protocol in zip(axes, ("token", "generate"), strict=True):
         for index, (name, scores) in enumerate(results.items()):
-            values = [scores[protocol]["scores"][c] or 0.0 for c in TABLE_COLUMNS]
-            axis.bar(np.arange(len(TABLE_COLUMNS)) + index * width, values, width, label=name)
-        axis.set_xticks(np.arange(len(TABLE_COLUMNS)) + width * (len(results) - 1) / 2, TABLE_HEADERS)
+            values = [scores[protocol]["scores"][c] or 0.0 for c in METRICS]
+            axis.bar(np.arange(len(METRICS)) + index * width, values, width, label=name)
+        axis.set_xticks(np.arange(len(METRICS)) + width * (len(results) - 1) / 2, TABLE_HEADERS)
         axis.set_title(f"{protocol} protocol")
         axis.set_ylim(0, 100)
     axes[0].set_ylabel("score (%)")

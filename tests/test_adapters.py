@@ -203,3 +203,21 @@ def test_bad_queries_name_the_field(adapters: dict) -> None:
         adapter.encode([Query("", "Canberra")])
     with pytest.raises(ValueError, match="no queries"):
         adapter.encode([])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_context_prefix_runs_once_where_claimed(arch: str, adapters: dict, queries: list[Query]) -> None:
+    """``supports_prefix_cache``: the engine's cached-prefix forward gives the full forward's logits."""
+    from editors.forward import model_logits
+
+    adapter = adapters[arch]
+    context = queries[3].context
+    batch = adapter.encode([Query(q.question, q.answer, q.image, context) for q in queries])
+    with torch.no_grad():
+        full = adapter.model(**batch.inputs).logits
+        logits, offset = model_logits(adapter, batch)
+    assert (offset > 0) == type(adapter).supports_prefix_cache
+    for row, valid in enumerate(batch.valid_positions):
+        torch.testing.assert_close(
+            logits[row, valid.start - offset : valid.stop - offset], full[row, valid], atol=1e-5, rtol=1e-4
+        )

@@ -1,7 +1,8 @@
 """BLIP-2 (``Blip2ForConditionalGeneration``: ViT -> Q-Former -> projection -> OPT).
 
 Layout of a row: ``[context] [image query tokens] [BOS] "Question: {q} Answer:" " {answer}"`` —
-BLIP-2 puts its query tokens before BOS, so the context (which must lead every row) comes first.
+BLIP-2 puts its query tokens before BOS, so the context (which must lead every row) comes first;
+a text-only row is ``[BOS] [context] "Question: ..."`` as in the other families.
 The Blip2Processor prepends image tokens to every text of a batch, so rows are assembled here;
 a batch without any image passes empty precomputed image features instead of pixels.
 Shared KV prefixes are not supported: the image tokens of different rows share ids, not content.

@@ -30,7 +30,7 @@ from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import EditCase
-from editors.forward import Readout, score_queries
+from editors.forward import Readout, TopLayers, score_queries
 from editors.methods.base import AppliedEdit
 from editors.methods.ike import in_context_prompt
 from editors.methods.trained import TrainedMethod
@@ -270,8 +270,10 @@ class MemoryEdit(AppliedEdit):
         rewritten = [replace(queries[i], context=edit_context(scopes[i])) for i in inside]
         return inside, rewritten, outside, [queries[i] for i in outside]
 
-    def score(self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None) -> list[Readout]:
-        # routing splits the queries between two models, so the engine's joint encoding is not reused
+    def score(
+        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None
+    ) -> list[Readout]:
+        # routing splits the queries between two models: the engine's joint encoding is not reused
         inside, rewritten, outside, unchanged = self.routed(queries)
         readouts: list[Readout | None] = [None] * len(queries)
         if rewritten:

@@ -185,6 +185,10 @@ class WeightUpdateMethod(TrainedMethod):
     def identity_weights(self, adapter: ModelAdapter) -> dict[str, torch.Tensor]:
         return dict(edited_weights(adapter, self.config.layers))
 
+    def first_edited_layer(self, adapter: ModelAdapter) -> int | None:
+        count = len(adapter.decoder_layers())
+        return min(layer % count for layer in self.config.layers)
+
     def edited(self, adapter: ModelAdapter, case: EditCase, batch, rows=(0,)):
         """(new weights, unedited logits of ``batch``) for the edit on row 0 of ``batch``."""
         factors, unedited = gradient_factors(adapter, self.weights, batch, rows)
