@@ -150,7 +150,7 @@ def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from editors.bench import run_bench
 
-    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape))
+    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape, device=args.device))
     return 0
 
 
@@ -163,6 +163,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shape", action="append", choices=("tiny", "deep-narrow"),
                         help="model shape(s) (default: both)")
     parser.add_argument("--limit", type=int, default=10, help="test cases per measurement (default 10)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.set_defaults(func=_bench)
 
 
