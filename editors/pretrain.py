@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "pretrain-checkpoint.pt"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 5
+RECIPE = 6
 #: how often each group of plain queries is drawn, relative to the others
 GROUP_WEIGHTS = {"pre_edit": 0.7, "knowledge": 0.1, "chains": 0.2}
 

@@ -32,8 +32,8 @@ class TinySpec:
     heads: int = 4
     vision_hidden_size: int = 64
     vision_layers: int = 2
-    image_size: int = 64
-    patch_size: int = 16
+    image_size: int = 32
+    patch_size: int = 8
     vocab_size: int = 2048
     max_positions: int = 2048
 
