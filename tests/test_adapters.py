@@ -203,6 +203,11 @@ def test_bad_queries_name_the_field(adapters: dict) -> None:
         adapter.encode([Query("", "Canberra")])
     with pytest.raises(ValueError, match="no queries"):
         adapter.encode([])
+    too_long = Query("Who is it?", "Canberra", context="New Fact: a b c d e f g h " * 400)
+    with pytest.raises(ValueError, match=r"query 0 .*exceed this llava model's 2048 positions.*'context'"):
+        adapter.encode([too_long])
+    with pytest.raises(ValueError, match="exceed"):
+        adapter.generate([too_long])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

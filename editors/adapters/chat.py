@@ -131,6 +131,16 @@ class ChatTemplateAdapter(ModelAdapter):
         ids = self.tokenizer([self.answer_prefix + q.answer for q in queries], add_special_tokens=False)["input_ids"]
         return [row + [self.tokenizer.eos_token_id] for row in ids] if with_eos else ids
 
+    def _check_lengths(self, queries: list[Query], lengths: list[int]) -> None:
+        # Past the position table the model fails with an IndexError deep inside torch.
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        for index, (query, length) in enumerate(zip(queries, lengths, strict=True)):
+            if limit is not None and length > limit:
+                raise ValueError(
+                    f"query {index} ({query.question!r}): {length} tokens (context, image, question and "
+                    f"answer) exceed this {self.family} model's {limit} positions; shorten field 'context'"
+                )
+
     def _padded(self, rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
         width = max(len(row) for row in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -148,6 +158,7 @@ class ChatTemplateAdapter(ModelAdapter):
         """
         prompts, context_lengths, inputs = self._prompts(queries)
         answers = self._answers(queries, with_eos)
+        self._check_lengths(queries, [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)])
         inputs.update(self._padded([p + a for p, a in zip(prompts, answers, strict=True)], side="right"))
         return EncodedBatch(
             inputs=inputs,
@@ -162,6 +173,7 @@ class ChatTemplateAdapter(ModelAdapter):
     @torch.no_grad()
     def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
         prompts, _, inputs = self._prompts(queries)
+        self._check_lengths(queries, [len(prompt) + max_new_tokens for prompt in prompts])
         inputs.update(self._padded(prompts, side="left"))
         inputs = {key: value.to(self.device) if torch.is_tensor(value) else value for key, value in inputs.items()}
         output = self.generate_ids(
