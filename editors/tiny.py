@@ -108,15 +108,22 @@ def _llama_config(spec: TinySpec, vocab_size: int, tokenizer: PreTrainedTokenize
     }
 
 
-def _clip_vision_config(spec: TinySpec) -> dict[str, Any]:
+def _vision_tower_config(spec: TinySpec, patch_size: int | None = None) -> dict[str, Any]:
+    """The sizes every family's ViT-style vision tower shares."""
     return {
-        "model_type": "clip_vision_model",
         "hidden_size": spec.vision_hidden_size,
         "intermediate_size": 2 * spec.vision_hidden_size,
         "num_hidden_layers": spec.vision_layers,
         "num_attention_heads": spec.heads,
         "image_size": spec.image_size,
-        "patch_size": spec.patch_size,
+        "patch_size": patch_size or spec.patch_size,
+    }
+
+
+def _clip_vision_config(spec: TinySpec) -> dict[str, Any]:
+    return {
+        "model_type": "clip_vision_model",
+        **_vision_tower_config(spec),
         "projection_dim": spec.vision_hidden_size,
     }
 
@@ -164,14 +171,7 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
         num_query_tokens=queries,
     )
     config = Blip2Config(
-        vision_config={
-            "hidden_size": spec.vision_hidden_size,
-            "intermediate_size": 2 * spec.vision_hidden_size,
-            "num_hidden_layers": spec.vision_layers,
-            "num_attention_heads": spec.heads,
-            "image_size": spec.image_size,
-            "patch_size": spec.patch_size,
-        },
+        vision_config=_vision_tower_config(spec),
         qformer_config={
             "hidden_size": spec.vision_hidden_size,
             "intermediate_size": 2 * spec.vision_hidden_size,
@@ -304,14 +304,7 @@ def _build_idefics3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, 
         chat_template=IDEFICS3_CHAT_TEMPLATE,
     )
     config = Idefics3Config(
-        vision_config={
-            "hidden_size": spec.vision_hidden_size,
-            "intermediate_size": 2 * spec.vision_hidden_size,
-            "num_hidden_layers": spec.vision_layers,
-            "num_attention_heads": spec.heads,
-            "image_size": spec.image_size,
-            "patch_size": patch,
-        },
+        vision_config=_vision_tower_config(spec, patch),
         text_config=_llama_config(spec, len(tokenizer), tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=scale_factor,
