@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from kebench_hf.hub import HubError
+
 #: modules that contribute sub-commands, in the order they appear in ``kebench --help``
 COMMAND_MODULES: tuple[str, ...] = (
     "kebench_hf.world.commands",
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input is reported in one line naming what is wrong; library tracebacks are for bugs.
+    except (ValueError, FileNotFoundError, HubError) as error:
+        # Bad input and hub failures are reported in one line naming what is wrong; library
+        # tracebacks are for bugs.
         print(f"kebench: error: {error}", file=sys.stderr)
         return 1
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,20 +139,16 @@ def push_folder(
 
 
 def _push_command(args: argparse.Namespace) -> int:
-    try:
-        info = push_folder(
-            args.out_dir,
-            args.repo,
-            repo_type=args.repo_type,
-            create_pr=args.create_pr,
-            private=args.private,
-            revision=args.revision,
-            message=args.message,
-            space_sdk=args.space_sdk,
-        )
-    except HubError as error:
-        print(f"kebench: error: {error}", file=sys.stderr)
-        return 1
+    info = push_folder(
+        args.out_dir,
+        args.repo,
+        repo_type=args.repo_type,
+        create_pr=args.create_pr,
+        private=args.private,
+        revision=args.revision,
+        message=args.message,
+        space_sdk=args.space_sdk,
+    )
     print(f"pushed {args.out_dir} to {info.repo_url} (commit {info.oid})")
     print(f"commit: {info.commit_url}")
     if info.pr_url:

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 import metric
-from kebench_hf.hub import HubError, check_repo_id, push_folder
+from kebench_hf.hub import check_repo_id, push_folder
 from metric.kebench import METRICS, PREDICTION_SCHEMA, PROTOCOLS, score_predictions, to_table
 
 logger = logging.getLogger(__name__)
@@ -136,11 +135,7 @@ def push_metric(repo_id: str, *, private: bool = False, token: str | None = None
 
 
 def push_metric_command(args: argparse.Namespace) -> int:
-    try:
-        commit_url = push_metric(args.repo, private=args.private)
-    except HubError as error:
-        print(f"kebench: error: {error}", file=sys.stderr)
-        return 1
+    commit_url = push_metric(args.repo, private=args.private)
     print(f"metric published to Space {args.repo} ({commit_url})")
     print(f'load it with: evaluate.load("{args.repo}")')
     return 0

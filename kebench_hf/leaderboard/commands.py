@@ -70,24 +70,16 @@ def _update(args: argparse.Namespace) -> int:
     check_repo_id(args.results)
     reference = _reference(args.data)
     dataset_id = args.dataset_id or (args.data if not Path(args.data).exists() else None)
-    try:
-        with hub_errors(f"updating {args.results} from {args.requests}"):
-            report = update_leaderboard(
-                HfApi(token=hub_token()), args.requests, args.results, reference, dataset_id=dataset_id
-            )
-    except HubError as error:
-        print(f"kebench: error: {error}", file=sys.stderr)
-        return 1
+    with hub_errors(f"updating {args.results} from {args.requests}"):
+        report = update_leaderboard(
+            HfApi(token=hub_token()), args.requests, args.results, reference, dataset_id=dataset_id
+        )
     print(report.summary())
     return 1 if report.failed else 0
 
 
 def _push_space(args: argparse.Namespace) -> int:
-    try:
-        info = push_space(args.repo, args.results, args.requests)
-    except HubError as error:
-        print(f"kebench: error: {error}", file=sys.stderr)
-        return 1
+    info = push_space(args.repo, args.results, args.requests)
     print(f"published the leaderboard Space {info.repo_url} (commit {info.oid})")
     return 0
 
