@@ -193,3 +193,46 @@ def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], s
             loss.backward()
             optimizer.step()
     return steps
+
+
+@dataclasses.dataclass
+class FineTuneConfig(MethodConfig):
+    """Reference settings (VLKEB's FT): at most ``steps`` Adam steps at ``lr`` on one module.
+
+    The reference lr is for LLaVA-1.5-7B. An Adam step moves every weight by about lr, so its
+    effect on the output grows with the module's input width: the lr applied is
+    ``lr * reference_width / width`` (None: ``lr`` as is). Training stops once the edit's mean
+    answer NLL is below ``stop_loss`` (the reference stops at 0.01; 0.5 already makes the new
+    answer the top token and changes far less, see the README).
+    """
+
+    steps: int = 10
+    lr: float = 1e-4
+    reference_width: int | None = None
+    stop_loss: float = 0.5
+
+
+class FineTuneMethod(EditMethod):
+    """Fine-tune the module :meth:`trained_module` names on the edit query, then restore it."""
+
+    config: FineTuneConfig
+
+    @abstractmethod
+    def trained_module(self, adapter: ModelAdapter) -> nn.Module:
+        """The module whose parameters the edit trains."""
+
+    @abstractmethod
+    def edit_forward(self, adapter: ModelAdapter, batch: EncodedBatch) -> Any:
+        """An object whose ``logits()`` runs the edit query through the (changing) model."""
+
+    def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
+        module = self.trained_module(adapter)
+        params = list(module.parameters())
+        snapshot = WeightSnapshot(params)
+        batch = adapter.encode([case.edit_query]).to(adapter.device)
+        model = self.edit_forward(adapter, batch)
+        lr = self.config.lr
+        if self.config.reference_width:
+            lr *= self.config.reference_width / input_width(module)
+        fine_tune(params, lambda: answer_nll(model.logits(), batch), self.config.steps, lr, self.config.stop_loss)
+        return AppliedEdit(adapter, snapshot)
