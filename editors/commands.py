@@ -9,7 +9,8 @@ import json
 def _pretrain(args: argparse.Namespace) -> int:
     from editors.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    given = {name: getattr(args, name) for name in ("arch", "steps", "batch_size", "lr", "seed")}
+    config = PretrainConfig(**{name: value for name, value in given.items() if value is not None})
     summary = pretrain(args.data, args.out, config)
     print(json.dumps(summary, indent=2))
     print(f"saved to {args.out} (load with AutoModelForImageTextToText / AutoProcessor.from_pretrained)")
@@ -17,20 +18,17 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
-    from editors.pretrain import PretrainConfig
-    from editors.tiny import BUILDERS
-
-    defaults = PretrainConfig()
+    # Defaults live in PretrainConfig; importing it here would load torch for every command.
     parser = subparsers.add_parser(
         "pretrain", help="build a tiny LVLM of a real architecture and train it on a pre-edit KEBench world"
     )
-    parser.add_argument("--arch", choices=sorted(BUILDERS), default=defaults.arch)
+    parser.add_argument("--arch", help="tiny architecture (default llava; an unknown name is answered with the list)")
     parser.add_argument("--data", required=True, help="KEBench directory (release layout or exported dataset)")
     parser.add_argument("--out", required=True, help="model directory to write (resumes if a checkpoint is there)")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=int, help="optimisation steps (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="queries per step (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.set_defaults(func=_pretrain)
 
 

@@ -11,16 +11,16 @@ import importlib
 import logging
 import sys
 
-from kebench_hf.hub import HubError
+from kebench_hf.errors import HubError
 
-#: modules that contribute sub-commands, in the order they appear in ``kebench --help``
+#: modules that contribute sub-commands, in the order they appear in ``kebench --help``. Every invocation
+#: imports them all, so they import nothing heavy (torch, datasets, huggingface_hub...) until a command runs.
 COMMAND_MODULES: tuple[str, ...] = (
     "kebench_hf.world.commands",
     "kebench_hf.construct.commands",
-    "kebench_hf.export",
-    "kebench_hf.hub",
+    "kebench_hf.data_commands",
     "editors.commands",
-    "kebench_hf.scoring",
+    "kebench_hf.scoring_commands",
     "kebench_hf.leaderboard.commands",
 )
 

@@ -9,7 +9,6 @@ many images there are; a completed shard is never rewritten when an interrupted 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from tqdm.auto import tqdm
 
 from dataset_script import CARD_TEMPLATE, CITATION
+from kebench_hf.constants import DEFAULT_LICENSE, DEFAULT_SHARD_SIZE
 from kebench_hf.release import (
     ImagesRoot,
     ReleaseFile,
@@ -41,8 +41,6 @@ from kebench_hf.schema import CONFIGS, DEFAULT_CONFIG, features
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 1000
-DEFAULT_LICENSE = "apache-2.0"
 # What datasets itself uses for image data: small enough that a row group of images stays a few MB.
 ROW_GROUP_SIZE = 100
 STATE_FILE = ".kebench-export-state.json"
@@ -271,39 +269,3 @@ def _write_card(out_dir: Path, summaries: list[SplitSummary], report: SkipReport
         citation=CITATION,
     )
     card.save(out_dir / "README.md")
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export", help="write a hub-ready Parquet dataset repository from a KEBench release directory",
-        description="Write DATA_DIR (train.json, eval.json, eval_multihop.json, eval_edit_onehop.json, images) "
-                    "as Parquet shards with embedded images plus a dataset card into OUT_DIR. An interrupted "
-                    "export resumes when run again with the same arguments.",
-    )
-    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="directory in the KEBench release layout")
-    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="dataset repository to write")
-    parser.add_argument("--images-root", type=Path, help="images root (default: DATA_DIR/mmkb_images)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="skip invalid records (counted and reported) instead of stopping at the first")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help=f"release records per Parquet shard (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--config", dest="configs", action="append", choices=sorted(CONFIGS),
-                        help="export only this config (repeatable; default: every config present)")
-    parser.add_argument("--license", default=DEFAULT_LICENSE,
-                        help=f"license id for the card, matching the exported data's (default {DEFAULT_LICENSE})")
-    parser.add_argument("--repo-id", help="dataset name used in the card's examples (default: OUT_DIR's name)")
-    parser.set_defaults(func=_run_export)
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    result = export_release(
-        args.data_dir, args.out_dir, images_root=args.images_root, skip_invalid=args.skip_invalid,
-        shard_size=args.shard_size, configs=args.configs, license=args.license, repo_id=args.repo_id,
-    )
-    for summary in result.splits:
-        print(f"{summary.config}/{summary.split}: {summary.num_examples} cases from {summary.file} "
-              f"in {len(summary.shards)} shard(s)")
-    if result.report.total:
-        print(result.report.summary())
-    print(f"wrote {result.out_dir} in {result.seconds:.1f} s")
-    return 0

@@ -1,4 +1,4 @@
-"""Pushing folders to the Hugging Face Hub, and the ``kebench push`` command.
+"""Pushing folders to the Hugging Face Hub (``kebench push``, see :mod:`kebench_hf.data_commands`).
 
 Everything goes through ``huggingface_hub``: the endpoint is ``HF_ENDPOINT`` (default the public
 hub), the token comes from the usual places (``HF_TOKEN``, then the token stored by
@@ -13,7 +13,6 @@ skipped, unchanged regular files are dropped from the commit).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -24,15 +23,11 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from kebench_hf.constants import REPO_TYPES
+from kebench_hf.errors import HubError
 from kebench_hf.export import STATE_FILE
 
 logger = logging.getLogger(__name__)
-
-REPO_TYPES = ("dataset", "space", "model")
-
-
-class HubError(RuntimeError):
-    """A hub operation failed for a reason the user can act on (token, network, permissions)."""
 
 
 def hub_token(token: str | None = None) -> str:
@@ -136,39 +131,3 @@ def push_folder(
             create_pr=create_pr,
             commit_message=message or f"Upload {folder.name} with kebench push",
         )
-
-
-def _push_command(args: argparse.Namespace) -> int:
-    info = push_folder(
-        args.out_dir,
-        args.repo,
-        repo_type=args.repo_type,
-        create_pr=args.create_pr,
-        private=args.private,
-        revision=args.revision,
-        message=args.message,
-        space_sdk=args.space_sdk,
-    )
-    print(f"pushed {args.out_dir} to {info.repo_url} (commit {info.oid})")
-    print(f"commit: {info.commit_url}")
-    if info.pr_url:
-        print(f"pull request: {info.pr_url} (revision {info.pr_revision})")
-    return 0
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    push = subparsers.add_parser(
-        "push",
-        help="upload a folder (e.g. a `kebench export` output) to a hub repository",
-        description="Upload OUT_DIR to a Hugging Face Hub repository in one commit. Uses HF_ENDPOINT and the "
-        "token from HF_TOKEN or `hf auth login`.",
-    )
-    push.add_argument("out_dir", metavar="OUT_DIR", help="folder to upload")
-    push.add_argument("--repo", required=True, metavar="ORG/NAME", help="target repository id")
-    push.add_argument("--repo-type", choices=REPO_TYPES, default="dataset", help="repository type (default: dataset)")
-    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
-    push.add_argument("--private", action="store_true", help="create the repository as private if it does not exist")
-    push.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created from main if missing)")
-    push.add_argument("--message", metavar="M", help="commit message")
-    push.add_argument("--space-sdk", default="gradio", help="SDK of a Space created by this push (default: gradio)")
-    push.set_defaults(func=_push_command)

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from datasets import Features, Image, List, Value
 
-CONFIGS: dict[str, dict[str, str]] = {
-    # config -> {split: release file}
-    "edit": {"train": "train.json", "test": "eval.json"},
-    "multihop": {"test": "eval_multihop.json"},
-    "edit_onehop": {"test": "eval_edit_onehop.json"},
-}
-DEFAULT_CONFIG = "edit"
+# Defined where the CLI parser can read them without importing datasets; importers of this module keep
+# finding them here.
+from kebench_hf.constants import CONFIGS, DEFAULT_CONFIG  # noqa: F401
 
 #: release fields that hold strings, in release order
 TEXT_FIELDS = ("src", "rephrase", "pred", "alt", "loc", "loc_ans", "m_loc_q", "m_loc_a")

@@ -1,11 +1,11 @@
-"""Scoring predictions files: ``kebench score`` and ``kebench push-metric``.
+"""Scoring predictions files, behind ``kebench score`` and ``kebench push-metric`` (see
+:mod:`kebench_hf.scoring_commands`).
 
 The math lives in ``metric/kebench.py``; this module reads files and talks to people and the hub.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 import metric
 from kebench_hf.hub import check_repo_id, push_folder
-from metric.kebench import METRICS, PREDICTION_SCHEMA, PROTOCOLS, score_predictions, to_table
+from metric.kebench import METRICS, PREDICTION_SCHEMA, to_table
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +94,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def score_command(args: argparse.Namespace) -> int:
-    table = read_predictions(args.predictions)
-    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
-    results = {
-        protocol: score_predictions(table, protocol=protocol, bootstrap=args.bootstrap, seed=args.seed)
-        for protocol in protocols
-    }
-    if args.json:
-        print(json.dumps(results if len(results) > 1 else results[protocols[0]], indent=2))
-    else:
-        print(f"{args.predictions}: {table.num_rows} rows")
-        print("\n\n".join(format_table(result) for result in results.values()))
-    return 0
-
-
 def push_metric(repo_id: str, *, private: bool = False, token: str | None = None, endpoint: str | None = None) -> str:
     """Publish ``metric/`` as a gradio Space that ``evaluate.load(repo_id)`` loads; returns the commit URL.
 
@@ -132,25 +117,3 @@ def push_metric(repo_id: str, *, private: bool = False, token: str | None = None
         )
     logger.info("published %s as Space %s", METRIC_DIR, repo_id)
     return info.commit_url
-
-
-def push_metric_command(args: argparse.Namespace) -> int:
-    commit_url = push_metric(args.repo, private=args.private)
-    print(f"metric published to Space {args.repo} ({commit_url})")
-    print(f'load it with: evaluate.load("{args.repo}")')
-    return 0
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    score = subparsers.add_parser("score", help="score a predictions file (Parquet or JSON Lines)")
-    score.add_argument("predictions", help="predictions file: .parquet, or .jsonl with one row per line")
-    score.add_argument("--protocol", choices=(*PROTOCOLS, "both"), default="token")
-    score.add_argument("--json", action="store_true", help="print the metric's output as JSON")
-    score.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
-    score.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    score.set_defaults(func=score_command)
-
-    push = subparsers.add_parser("push-metric", help="publish metric/ as an evaluate Space on the hub")
-    push.add_argument("--repo", required=True, help="ORG/NAME of the Space")
-    push.add_argument("--private", action="store_true")
-    push.set_defaults(func=push_metric_command)

@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kebench_hf.hub import HubError, check_repo_id, hub_errors, hub_token, push_folder
+from kebench_hf.errors import HubError
 
-if TYPE_CHECKING:  # the scoring stack (datasets, evaluate, the metric) is imported by the commands that use it
+# huggingface_hub and the scoring stack (datasets, evaluate, the metric) are imported by the commands that use
+# them: every `kebench` invocation builds this module's parsers.
+if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
     from kebench_hf.leaderboard.submission import Reference
@@ -23,6 +25,8 @@ SPACE_CONFIG = "leaderboard.json"
 
 def push_space(repo_id: str, results_repo: str, requests_repo: str, *, token: str | None = None) -> CommitInfo:
     """Publish the leaderboard app as a Gradio Space reading ``results_repo``."""
+    from kebench_hf.hub import check_repo_id, push_folder
+
     check_repo_id(results_repo)
     with tempfile.TemporaryDirectory(prefix="kebench-space-") as folder:
         for name in SPACE_FILES:
@@ -47,6 +51,7 @@ def _reference(data: str | None, run_dir: str | None = None) -> Reference:
 def _submit(args: argparse.Namespace) -> int:
     from huggingface_hub import HfApi
 
+    from kebench_hf.hub import check_repo_id, hub_errors, hub_token
     from kebench_hf.leaderboard.submission import SubmissionError, submit
 
     check_repo_id(args.repo)
@@ -64,6 +69,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _update(args: argparse.Namespace) -> int:
     from huggingface_hub import HfApi
 
+    from kebench_hf.hub import check_repo_id, hub_errors, hub_token
     from kebench_hf.leaderboard.service import update_leaderboard
 
     check_repo_id(args.requests)
