@@ -9,7 +9,7 @@ import json
 def _pretrain(args: argparse.Namespace) -> int:
     from editors.pretrain import PretrainConfig, pretrain
 
-    given = {name: getattr(args, name) for name in ("arch", "steps", "batch_size", "lr", "seed")}
+    given = {name: getattr(args, name) for name in ("arch", "steps", "batch_size", "lr", "vision_steps", "seed")}
     config = PretrainConfig(**{name: value for name, value in given.items() if value is not None})
     summary = pretrain(args.data, args.out, config)
     print(json.dumps(summary, indent=2))
@@ -28,6 +28,8 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, help="optimisation steps (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="queries per step (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--vision-steps", type=int,
+                        help="steps of the first stage, training the vision side alone (default: the recipe's)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.set_defaults(func=_pretrain)
 

@@ -8,8 +8,14 @@ question and the "the <type> in the image" chains from e1 that portability asks 
 in-context examples in IKE's prompt format (a new fact in the context, answered from it) so that
 the model learns to use facts it reads, as real LLMs do.
 
-The loop is nanoGPT-short: sample a batch, teacher-forced loss on the answer tokens (+ end of
-answer, + the context's tokens in in-context batches), AdamW with warmup and cosine decay, clip,
+Two stages, as real LVLMs are made (a pretrained vision encoder, then the language model trained
+on top): first the vision side alone (vision tower + projector) learns to tell the world's
+entities apart, a classifier over each image's mean projected token, for ``vision_steps`` cheap
+steps; then the whole model learns the queries. Without the first stage the language-model loss
+has to discover the entities through four narrow layers and takes several times longer.
+
+The second loop is nanoGPT-short: sample a batch, teacher-forced loss on the answer tokens (+ end
+of answer, + the context's tokens in in-context batches), AdamW with warmup and cosine decay, clip,
 step; a checkpoint every ``checkpoint_every`` steps lets a killed run resume where it stopped.
 """
 
@@ -21,7 +27,7 @@ import math
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,7 +49,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "pretrain-checkpoint.pt"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 6
+RECIPE = 7
 #: how often each group of plain queries is drawn, relative to the others
 GROUP_WEIGHTS = {"pre_edit": 0.7, "knowledge": 0.1, "chains": 0.2}
 
@@ -51,7 +57,7 @@ GROUP_WEIGHTS = {"pre_edit": 0.7, "knowledge": 0.1, "chains": 0.2}
 @dataclass(frozen=True)
 class PretrainConfig:
     arch: str = "llava"
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -62,6 +68,10 @@ class PretrainConfig:
     ike_every: int = 4
     ike_cases_per_step: int = 2
     max_demonstrations: int = 32
+    #: stage 1: steps (batches of ``vision_batch_size`` images) training the vision side alone
+    vision_steps: int = 1000
+    vision_batch_size: int = 64
+    vision_lr: float = 3e-3
 
 
 def pre_edit_queries(case: EditCase) -> list[Query]:
@@ -96,6 +106,8 @@ class World:
     #: entity id (the image's directory, as in MMKG) of each case's e1, parallel to ``cases``
     subjects: dict[str, list[str]]
     kg: KnowledgeGraph | None
+    #: every distinct image of the cases (edit, I-Generality, I-Locality) by its path, with its entity
+    images: dict[str, tuple[Image.Image, str]]
 
 
 def read_world(data_dir: str | Path) -> World:
@@ -106,12 +118,27 @@ def read_world(data_dir: str | Path) -> World:
         raise FileNotFoundError(f"KEBench data {data_dir}: no such directory, and not a hub repo id (owner/name)")
     splits = load_kebench(data_dir, "edit")
     cases = {split: list(CaseSequence(rows)) for split, rows in splits.items()}
-    subjects = {split: [Path(p).parts[0] for p in rows["image_path"]] for split, rows in splits.items()}
+    subjects = {split: [_entity(p) for p in rows["image_path"]] for split, rows in splits.items()}
+    images = {}
+    for split, rows in splits.items():
+        paths = zip(*(rows[column] for column in IMAGE_PATH_COLUMNS), strict=True)
+        for case, case_paths in zip(cases[split], paths, strict=True):
+            for image, path in zip((case.image, case.image_rephrase, case.m_loc), case_paths, strict=True):
+                images[path] = (image, _entity(path))
     kg_dir = Path(data_dir).parent / "kg"
     kg = read_mmkg(kg_dir, Report()) if (kg_dir / "names.tsv").exists() else None
     if kg is None:
         logger.info("no knowledge graph at %s: pretraining on the edit cases only", kg_dir)
-    return World(cases, subjects, kg)
+    return World(cases, subjects, kg, images)
+
+
+#: the columns holding the paths of a case's edit, I-Generality and I-Locality images
+IMAGE_PATH_COLUMNS = ("image_path", "image_rephrase_path", "m_loc_path")
+
+
+def _entity(image_path: str) -> str:
+    """The entity an image shows: its directory, as in MMKG (``m.0abc/google_1.jpg``)."""
+    return Path(image_path).parts[0]
 
 
 def knowledge_queries(kg: KnowledgeGraph) -> list[Query]:
@@ -172,11 +199,44 @@ def training_loss(adapter: ModelAdapter, queries: list[Query]) -> torch.Tensor:
     return loss
 
 
-def learning_rate(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+def learning_rate(step: int, steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warmup to ``peak``, then cosine decay to zero at ``steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_vision_side(adapter: ModelAdapter, world: World, config: PretrainConfig) -> float:
+    """Stage 1: train the vision tower and projector to tell the entities of ``world.images``
+    apart (a linear classifier, thrown away after, over each image's mean projected token).
+    Returns the classifier's accuracy over all the images at the end."""
+    paths = sorted(world.images)
+    images = [world.images[path][0] for path in paths]
+    entities = sorted({entity for _, entity in world.images.values()})
+    labels = torch.tensor([entities.index(world.images[path][1]) for path in paths], device=adapter.device)
+    model = adapter.model
+    with torch.no_grad():
+        width = adapter.image_features(images[:1]).shape[-1]
+    classifier = torch.nn.Linear(width, len(entities)).to(adapter.device)
+    # Only the vision side gets gradients; AdamW leaves parameters without one untouched.
+    optimizer = torch.optim.AdamW([*model.parameters(), *classifier.parameters()], lr=config.vision_lr,
+                                  weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    for step in tqdm(range(config.vision_steps), desc=f"pretrain {config.arch}: vision side"):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.vision_steps, config.vision_lr, config.warmup_steps)
+        batch = torch.randint(len(images), (config.vision_batch_size,), generator=generator).tolist()
+        logits = classifier(adapter.image_features([images[index] for index in batch]))
+        F.cross_entropy(logits, labels[batch]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([classifier(adapter.image_features(images[start : start + 256])).argmax(-1)
+                               for start in range(0, len(images), 256)])
+    return round((predicted == labels).float().mean().item(), 4)
 
 
 class Mixture:
@@ -196,11 +256,10 @@ class Mixture:
                 for query in chain_queries(world.kg, subject, [case.image])
             ]
         self.ike_cases = world.cases.get("train", [])
-        self.demonstrations = [
-            demo for case in self.ike_cases for demo in case_demonstrations(
-                {"src": case.src, "alt": case.alt, "rephrase": case.rephrase, "loc": case.loc, "loc_ans": case.loc_ans}
-            )
-        ]
+        self.demonstrations = [demo for case in self.ike_cases for demo in case_demonstrations(_record(case))]
+        #: every entity name the cases answer with: the new facts of in-context training draw from them
+        self.answers = sorted({answer for split in world.cases.values() for case in split
+                               for answer in (case.pred, case.alt)})
         self.config = config
 
     def counts(self) -> dict[str, int]:
@@ -213,8 +272,24 @@ class Mixture:
         return texts + self.demonstrations + [" " + case.alt for case in self.ike_cases]
 
     def in_context(self, case: EditCase, rng: random.Random, demonstrations: int) -> list[Query]:
+        """``case``'s queries after its own new fact and ``demonstrations`` random train demonstrations."""
         context = in_context_prompt(rng.sample(self.demonstrations, demonstrations), case.src, case.alt)
         return in_context_queries(case, context)
+
+    def _other_answer(self, case: EditCase, rng: random.Random) -> str:
+        answer = rng.choice(self.answers)
+        return answer if answer != case.pred or len(self.answers) == 1 else self._other_answer(case, rng)
+
+    def _in_context_training(self, case: EditCase, rng: random.Random, demonstrations: int) -> list[Query]:
+        """Like :meth:`in_context`, but every fact (the case's and the demonstrations') gets a random
+        answer: a train case's fixed ``alt`` could be memorised, a random one can only be read."""
+        demos = []
+        for _ in range(demonstrations):
+            shown = rng.choice(self.ike_cases)
+            record = {**_record(shown), "alt": self._other_answer(shown, rng)}
+            demos.append(rng.choice(case_demonstrations(record)))
+        case = replace(case, alt=self._other_answer(case, rng))
+        return in_context_queries(case, in_context_prompt(demos, case.src, case.alt))
 
     def batch(self, step: int, rng: random.Random) -> list[Query]:
         config = self.config
@@ -223,10 +298,14 @@ class Mixture:
             most = min(config.max_demonstrations, len(self.demonstrations))
             demonstrations = int(2 ** rng.uniform(0, math.log2(most + 1))) - 1
             cases = rng.sample(self.ike_cases, min(config.ike_cases_per_step, len(self.ike_cases)))
-            return [query for case in cases for query in self.in_context(case, rng, demonstrations)]
+            return [query for case in cases for query in self._in_context_training(case, rng, demonstrations)]
         names = list(self.groups)
         weights = [GROUP_WEIGHTS[name] for name in names]
         return [rng.choice(self.groups[group]) for group in rng.choices(names, weights, k=config.batch_size)]
+
+
+def _record(case: EditCase) -> dict[str, str]:
+    return {"src": case.src, "alt": case.alt, "rephrase": case.rephrase, "loc": case.loc, "loc_ans": case.loc_ans}
 
 
 def pretrain(
@@ -254,10 +333,21 @@ def pretrain(
         build_tiny_model(config.arch, mixture.texts(), out, spec=spec, seed=config.seed)
     adapter = load_adapter(out)
     model = adapter.model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = random.Random(config.seed)
     first_step = 0
-    if checkpoint is not None:
+    if checkpoint is None:
+        vision_accuracy = train_vision_side(adapter, world, config) if config.vision_steps else None
+    else:
+        vision_accuracy = checkpoint["vision_accuracy"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def save_checkpoint(step: int) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                    "step": step, "config": asdict(config), "vision_accuracy": vision_accuracy}, checkpoint_path)
+
+    if checkpoint is None:
+        save_checkpoint(0)
+    else:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         rng.setstate(checkpoint["rng"])
@@ -269,7 +359,7 @@ def pretrain(
                     total=config.steps)
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
+            group["lr"] = learning_rate(step, config.steps, config.lr, config.warmup_steps)
         loss = training_loss(adapter, mixture.batch(step, rng))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -277,9 +367,7 @@ def pretrain(
         optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                     "step": step + 1, "config": asdict(config)}
-            torch.save(state, checkpoint_path)
+            save_checkpoint(step + 1)
     train_seconds = time.perf_counter() - started
 
     model.eval()
@@ -287,7 +375,8 @@ def pretrain(
     summary = {
         "recipe": RECIPE,
         "config": asdict(config),
-        "examples": mixture.counts(),
+        "examples": {**mixture.counts(), "images": len(world.images)},
+        "vision_accuracy": vision_accuracy,
         "accuracy": evaluate_pretraining(adapter, world, mixture, random.Random(config.seed)),
         "seconds": round(train_seconds, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -135,5 +135,5 @@ def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_world: Path) -> Pa
     from editors.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("tiny-llava")
-    pretrain(tiny_world, out, PretrainConfig(steps=300, max_demonstrations=8))
+    pretrain(tiny_world, out, PretrainConfig(steps=300, max_demonstrations=8, vision_steps=200))
     return out

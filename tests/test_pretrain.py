@@ -13,7 +13,8 @@ from editors.adapters import Query, load_adapter
 from editors.pretrain import SUMMARY, Mixture, PretrainConfig, answer_token_accuracy, pretrain, read_world
 from kebench_hf.cli import main
 
-QUICK = PretrainConfig(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, ike_every=2, max_demonstrations=2)
+QUICK = PretrainConfig(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, ike_every=2, max_demonstrations=2,
+                       vision_steps=2)
 
 
 def test_pretraining_teaches_the_old_answers_not_the_new(tiny_llava: Path, tiny_world: Path, tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_pretraining_teaches_the_old_answers_not_the_new(tiny_llava: Path, tiny_
     old = [Query(case.src, case.pred, case.image) for case in world.cases["test"]]
     trained = answer_token_accuracy(load_adapter(tiny_llava), old)
     assert trained == pytest.approx(accuracy["reliability_old_answer"], abs=1e-3)
-    untrained = pretrain(tiny_world, tmp_path / "untrained", PretrainConfig(steps=0))
+    untrained = pretrain(tiny_world, tmp_path / "untrained", PretrainConfig(steps=0, vision_steps=0))
     assert untrained["accuracy"]["reliability_old_answer"] < 0.2 < trained
 
     # Trained with an end-of-answer token, greedy generation stops after the answer.
@@ -86,7 +87,7 @@ def test_resume_after_a_crash_gives_the_same_model(tiny_world: Path, tmp_path: P
 def test_cli_pretrain(tiny_world: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "model"
     assert main(["pretrain", "--arch", "idefics3", "--data", str(tiny_world), "--out", str(out), "--steps", "2",
-                 "--batch-size", "4"]) == 0
+                 "--batch-size", "4", "--vision-steps", "2"]) == 0
     assert "reliability_old_answer" in capsys.readouterr().out
     assert load_adapter(out).family == "idefics3"
     assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 1

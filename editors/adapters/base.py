@@ -90,6 +90,11 @@ class ModelAdapter(ABC):
     def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
         """Greedy answers (prompt without the answer), decoded and stripped."""
 
+    @abstractmethod
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        """``(len(images), hidden)``: each image's tokens as the language model receives them
+        (vision tower + projector), averaged; differentiable, for training the vision side alone."""
+
     # -- modules a method may edit ----------------------------------------------------------
     @abstractmethod
     def decoder_layers(self) -> nn.ModuleList:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
@@ -74,6 +75,17 @@ class ChatTemplateAdapter(ModelAdapter):
         """The queries' images in the layout this family's processor expects (flat by default)."""
         images = [query.image.convert("RGB") for query in queries if query.image is not None]
         return images or None
+
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor.image_processor(
+            self.processor_images([Query(" ", " ", image) for image in images]), return_tensors="pt"
+        )
+        pixels = {key: value.to(self.device, self.model.dtype) if torch.is_floating_point(value) else value.to(self.device)
+                  for key, value in pixels.items()}
+        # every family's get_image_features returns its projected image tokens as pooler_output:
+        # one (tokens, hidden) tensor per image, or a (images, tokens, hidden) tensor
+        tokens = self.model.get_image_features(**pixels).pooler_output
+        return torch.stack([image_tokens.mean(dim=0) for image_tokens in tokens])
 
     def per_token_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-token forward inputs of assembled rows, with modality types where the processor
