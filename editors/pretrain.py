@@ -213,8 +213,8 @@ def train_vision_side(adapter: ModelAdapter, world: World, config: PretrainConfi
     Returns the classifier's accuracy over all the images at the end."""
     paths = sorted(world.images)
     images = [world.images[path][0] for path in paths]
-    entities = sorted({entity for _, entity in world.images.values()})
-    labels = torch.tensor([entities.index(world.images[path][1]) for path in paths], device=adapter.device)
+    entities = {entity: index for index, entity in enumerate(sorted({entity for _, entity in world.images.values()}))}
+    labels = torch.tensor([entities[world.images[path][1]] for path in paths], device=adapter.device)
     model = adapter.model
     with torch.no_grad():
         width = adapter.image_features(images[:1]).shape[-1]

@@ -226,3 +226,25 @@ def test_shared_context_prefix_runs_once_where_claimed(arch: str, adapters: dict
         torch.testing.assert_close(
             logits[row, valid.start - offset : valid.stop - offset], full[row, valid], atol=1e-5, rtol=1e-4
         )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_image_features_are_what_the_language_model_receives(arch: str, adapters: dict, queries: list[Query]) -> None:
+    adapter = adapters[arch]
+    messi, henry = queries[0].image, queries[2].image
+    features = adapter.image_features([messi, henry, messi])
+    assert features.shape == (3, adapter.input_embeddings().embedding_dim)
+    torch.testing.assert_close(features[0], features[2])
+    assert not torch.allclose(features[0], features[1])
+    # downstream of the vision-side module, and differentiable through it (stage 1 of pretraining)
+    vision = adapter.vision_side_module()
+    trainable = [p.requires_grad for p in vision.parameters()]
+    vision.requires_grad_(True)
+    try:
+        adapter.image_features([messi, henry]).pow(2).sum().backward()
+        gradients = [p.grad for p in vision.parameters()]
+        assert all(g is not None for g in gradients) and any(g.abs().sum() > 0 for g in gradients)
+    finally:
+        for parameter, was_trainable in zip(vision.parameters(), trainable, strict=True):
+            parameter.requires_grad_(was_trainable)
+        adapter.model.zero_grad(set_to_none=True)

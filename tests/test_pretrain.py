@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from editors.adapters import Query, load_adapter
-from editors.pretrain import SUMMARY, Mixture, PretrainConfig, answer_token_accuracy, pretrain, read_world
+from editors.pretrain import (
+    SUMMARY,
+    Mixture,
+    PretrainConfig,
+    answer_token_accuracy,
+    pretrain,
+    read_world,
+    train_vision_side,
+)
+from editors.tiny import build_tiny_model
 from kebench_hf.cli import main
 
 QUICK = PretrainConfig(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, ike_every=2, max_demonstrations=2,
@@ -95,3 +104,17 @@ def test_cli_pretrain(tiny_world: Path, tmp_path: Path, capsys) -> None:
     assert main(["pretrain", "--arch", "gpt2", "--data", str(tiny_world), "--out", str(out)]) == 1
     error = capsys.readouterr().err
     assert "unknown tiny architecture 'gpt2'" in error and "llava-next" in error
+
+
+def test_the_vision_stage_trains_the_vision_side_only(tiny_world: Path, tmp_path: Path) -> None:
+    world = read_world(tiny_world)
+    config = PretrainConfig(vision_steps=60, warmup_steps=5)
+    build_tiny_model("llava", Mixture(world, config).texts(), tmp_path)
+    adapter = load_adapter(tmp_path)
+    before = {name: p.detach().clone() for name, p in adapter.model.named_parameters()}
+    accuracy = train_vision_side(adapter, world, config)
+    entities = {entity for _, entity in world.images.values()}
+    assert len(world.images) > len(entities) > 10
+    assert accuracy > 0.5  # chance is 1 / len(entities)
+    changed = {name for name, p in adapter.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all("vision_tower" in name or "multi_modal_projector" in name for name in changed)
