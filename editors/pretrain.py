@@ -277,8 +277,11 @@ class Mixture:
         return in_context_queries(case, context)
 
     def _other_answer(self, case: EditCase, rng: random.Random) -> str:
-        answer = rng.choice(self.answers)
-        return answer if answer != case.pred or len(self.answers) == 1 else self._other_answer(case, rng)
+        """A random entity name other than ``case``'s old answer."""
+        while True:
+            answer = rng.choice(self.answers)
+            if answer != case.pred or len(self.answers) == 1:
+                return answer
 
     def _in_context_training(self, case: EditCase, rng: random.Random, demonstrations: int) -> list[Query]:
         """Like :meth:`in_context`, but every fact (the case's and the demonstrations') gets a random

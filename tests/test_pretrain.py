@@ -64,6 +64,12 @@ def test_the_mixture_holds_every_kind_of_pre_edit_knowledge(tiny_world: Path) ->
     assert all(query.context.rstrip().endswith("Prompt:") for query in in_context)
     new_fact = in_context[0].context.rsplit("New Fact: ", 1)[1]
     assert new_fact.startswith(in_context[0].question) and in_context[0].answer in new_fact
+    # Training facts get random answers (a fixed alt could be memorised); evaluation keeps the real one.
+    facts = [mixture.batch(QUICK.ike_every - 1, random.Random(seed))[0] for seed in range(20)]
+    assert all(fact.answer in mixture.answers for fact in facts)
+    alts = {case.alt for case in world.cases["train"]}
+    assert sum(fact.answer not in alts for fact in facts) >= 1
+    assert mixture.in_context(case, random.Random(0), 1)[0].answer == case.alt
 
 
 def test_resume_after_a_crash_gives_the_same_model(tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
