@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "pretrain-checkpoint.pt"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 7
+RECIPE = 8
 #: how often each group of plain queries is drawn, relative to the others
 GROUP_WEIGHTS = {"pre_edit": 0.7, "knowledge": 0.1, "chains": 0.2}
 
@@ -57,7 +57,7 @@ GROUP_WEIGHTS = {"pre_edit": 0.7, "knowledge": 0.1, "chains": 0.2}
 @dataclass(frozen=True)
 class PretrainConfig:
     arch: str = "llava"
-    steps: int = 1500
+    steps: int = 2200
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -65,9 +65,15 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     #: every ``ike_every``-th step trains in-context edits (IKE's prompt format); 0: never
-    ike_every: int = 4
-    ike_cases_per_step: int = 2
+    ike_every: int = 2
+    ike_cases_per_step: int = 6
     max_demonstrations: int = 32
+    #: share of in-context batches with the new fact alone, no demonstrations: cheap, and where
+    #: reading a fact from the context is learnt first
+    fact_only_fraction: float = 0.7
+    #: share of training demonstrations taken from cases asking the same question as the edit, as
+    #: IKE's retrieval returns them: the model must read the *last* fact, not any fact that fits
+    same_question_fraction: float = 0.75
     #: stage 1: steps (batches of ``vision_batch_size`` images) training the vision side alone
     vision_steps: int = 1000
     vision_batch_size: int = 64
@@ -256,6 +262,9 @@ class Mixture:
                 for query in chain_queries(world.kg, subject, [case.image])
             ]
         self.ike_cases = world.cases.get("train", [])
+        self.ike_cases_by_question: dict[str, list[EditCase]] = {}
+        for case in self.ike_cases:
+            self.ike_cases_by_question.setdefault(case.src, []).append(case)
         self.demonstrations = [demo for case in self.ike_cases for demo in case_demonstrations(_record(case))]
         #: every entity name the cases answer with: the new facts of in-context training draw from them
         self.answers = sorted({answer for split in world.cases.values() for case in split
@@ -288,7 +297,8 @@ class Mixture:
         answer: a train case's fixed ``alt`` could be memorised, a random one can only be read."""
         demos = []
         for _ in range(demonstrations):
-            shown = rng.choice(self.ike_cases)
+            similar = self.config.same_question_fraction and rng.random() < self.config.same_question_fraction
+            shown = rng.choice(self.ike_cases_by_question.get(case.src, self.ike_cases) if similar else self.ike_cases)
             record = {**_record(shown), "alt": self._other_answer(shown, rng)}
             demos.append(rng.choice(case_demonstrations(record)))
         case = replace(case, alt=self._other_answer(case, rng))
@@ -300,6 +310,8 @@ class Mixture:
             # log-uniform over 0..max: mostly short contexts (cheap, where copying is learnt first)
             most = min(config.max_demonstrations, len(self.demonstrations))
             demonstrations = int(2 ** rng.uniform(0, math.log2(most + 1))) - 1
+            if config.fact_only_fraction and rng.random() < config.fact_only_fraction:
+                demonstrations = 0
             cases = rng.sample(self.ike_cases, min(config.ike_cases_per_step, len(self.ike_cases)))
             return [query for case in cases for query in self._in_context_training(case, rng, demonstrations)]
         names = list(self.groups)
