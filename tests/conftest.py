@@ -142,3 +142,13 @@ def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_world: Path) -> Pa
     out = tmp_path_factory.mktemp("tiny-llava")
     pretrain(tiny_world, out, PretrainConfig(**TINY_RECIPE_OPTIONS))
     return out
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_llava: Path):
+    """``tiny_llava`` loaded with its weights frozen; one per test module, since tests edit it."""
+    from editors.adapters import load_adapter
+
+    adapter = load_adapter(tiny_llava)
+    adapter.model.requires_grad_(False)
+    return adapter

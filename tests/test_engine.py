@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from editors import run as runs
-from editors.adapters import load_adapter
 from editors.bench import reference_rows
 from editors.cases import CaseSequence, case_from_row
 from editors.engine import Engine, EngineOptions
@@ -18,13 +17,6 @@ from editors.forward import TopLayers, model_logits
 from editors.methods.ft_llm import FTLLM
 from editors.run import RunSettings, load_split, make_method
 from metric.kebench import score_predictions
-
-
-@pytest.fixture(scope="module")
-def llava(tiny_llava):
-    adapter = load_adapter(tiny_llava)
-    adapter.model.requires_grad_(False)
-    return adapter
 
 
 @pytest.fixture(scope="module")

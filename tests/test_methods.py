@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editors.adapters import load_adapter
 from editors.cases import CaseSequence
 from editors.engine import Engine, EngineOptions
 from editors.forward import score_queries
 from editors.methods import METHODS, get_method
 from editors.methods.ike import demonstration
 from editors.run import load_split, make_method
-
-
-@pytest.fixture(scope="module")
-def llava(tiny_llava):
-    adapter = load_adapter(tiny_llava)
-    adapter.model.requires_grad_(False)
-    return adapter
 
 
 @pytest.fixture(scope="module")

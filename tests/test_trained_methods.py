@@ -41,14 +41,6 @@ def splits(tiny_world: Path):
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_llava: Path):
-    adapter = load_adapter(tiny_llava)
-    for parameter in adapter.model.parameters():
-        parameter.requires_grad_(False)
-    return adapter
-
-
-@pytest.fixture(scope="module")
 def editors(tiny_llava: Path, tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each method trained through ``kebench train-editor``: ``{method: editor directory}``."""
     root = tmp_path_factory.mktemp("editors")
@@ -87,60 +79,60 @@ def test_train_editor_writes_safetensors_and_json(editors):
 
 
 @pytest.mark.parametrize("name", ["mend", "ke"])
-def test_weight_edit_changes_answer_and_restores_bit_identically(name, adapter, editors, splits):
+def test_weight_edit_changes_answer_and_restores_bit_identically(name, llava, editors, splits):
     train, test = splits
-    method = loaded(name, adapter, editors[name], train)
+    method = loaded(name, llava, editors[name], train)
     case = test[0]
-    before = parameters(adapter)
-    pre = score_queries(adapter, [case.edit_query], [5])[0]
-    edit = method.apply(adapter, case)
+    before = parameters(llava)
+    pre = score_queries(llava, [case.edit_query], [5])[0]
+    edit = method.apply(llava, case)
     post = edit.score([case.edit_query], [5])[0]
-    changed = [n for n, p in adapter.model.named_parameters() if not torch.equal(p, before[n])]
+    changed = [n for n, p in llava.model.named_parameters() if not torch.equal(p, before[n])]
     assert sorted(changed) == sorted(method.weights), "only the editor's weights may change"
     assert not torch.equal(pre.topk, post.topk), "the edit did not change the model's answer distribution"
     edit.restore()
-    assert_bit_identical(adapter, before)
+    assert_bit_identical(llava, before)
 
     # sequential: two edits stacked, then restored in reverse order
-    first = method.apply(adapter, test[0])
-    after_first = parameters(adapter)
-    second = method.apply(adapter, test[1])
-    assert any(not torch.equal(p, after_first[n]) for n, p in adapter.model.named_parameters())
+    first = method.apply(llava, test[0])
+    after_first = parameters(llava)
+    second = method.apply(llava, test[1])
+    assert any(not torch.equal(p, after_first[n]) for n, p in llava.model.named_parameters())
     second.restore()
-    assert_bit_identical(adapter, after_first)
+    assert_bit_identical(llava, after_first)
     first.restore()
-    assert_bit_identical(adapter, before)
+    assert_bit_identical(llava, before)
 
 
-def test_serac_routes_edits_to_counterfactual_and_leaves_the_rest(adapter, editors, splits):
+def test_serac_routes_edits_to_counterfactual_and_leaves_the_rest(llava, editors, splits):
     train, test = splits
-    method = loaded("serac", adapter, editors["serac"], train)
+    method = loaded("serac", llava, editors["serac"], train)
     method.config.threshold = 0.0  # whatever the classifier says: its routing is tested below
     case = test[0]
-    before = parameters(adapter)
+    before = parameters(llava)
     queries = [case.edit_query, Query(case.loc, case.loc_ans)]
-    pre = score_queries(adapter, queries, [5, 5])
-    edit = method.apply(adapter, case)
-    assert method.route(adapter, queries) == [case, case]
+    pre = score_queries(llava, queries, [5, 5])
+    edit = method.apply(llava, case)
+    assert method.route(llava, queries) == [case, case]
     post = edit.score(queries, [5, 5])
     assert not torch.equal(pre[0].topk, post[0].topk), "the edit did not change the answer"
     method.config.threshold = 1.0  # nothing in scope: the untouched base model answers
-    assert method.route(adapter, queries) == [None, None]
+    assert method.route(llava, queries) == [None, None]
     unchanged = edit.score(queries, [5, 5])
     assert all(torch.equal(a.topk, b.topk) for a, b in zip(pre, unchanged, strict=True))
     edit.restore()
     assert method.memory == []
-    assert_bit_identical(adapter, before)
+    assert_bit_identical(llava, before)
 
 
 @pytest.mark.parametrize("name", ["mend", "ke", "serac"])
-def test_reloaded_editor_gives_identical_predictions(name, adapter, editors, splits):
+def test_reloaded_editor_gives_identical_predictions(name, llava, editors, splits):
     train, test = splits
     queries = [query for _, query in test[1].queries()]
     results = []
     for _ in range(2):
-        method = loaded(name, adapter, editors[name], train)
-        edit = method.apply(adapter, test[1])
+        method = loaded(name, llava, editors[name], train)
+        edit = method.apply(llava, test[1])
         results.append(edit.score(queries, [3] * len(queries)))
         edit.restore()
     for first, second in zip(*results, strict=True):
@@ -148,44 +140,44 @@ def test_reloaded_editor_gives_identical_predictions(name, adapter, editors, spl
         assert torch.equal(first.topk, second.topk)
 
 
-def test_editor_of_another_base_model_is_refused(adapter, editors, splits, tiny_models):
+def test_editor_of_another_base_model_is_refused(llava, editors, splits, tiny_models):
     train, _ = splits
     other = load_adapter(tiny_models["llava"])
     with pytest.raises(EditorFileError, match="different base model"):
         loaded("mend", other, editors["mend"], train)
     # same architecture, one edited weight nudged: still another model
-    method = loaded("mend", adapter, editors["mend"], train)
+    method = loaded("mend", llava, editors["mend"], train)
     weight = next(iter(method.weights.values()))
     original = weight.detach().clone()
     with torch.no_grad():
         weight[0, 0] += 1e-3
     try:
         with pytest.raises(EditorFileError, match="edited weight values differ"):
-            loaded("mend", adapter, editors["mend"], train)
+            loaded("mend", llava, editors["mend"], train)
     finally:
         with torch.no_grad():
             weight.copy_(original)
 
 
-def test_damaged_or_mismatched_editor_files_are_refused(adapter, editors, splits, tmp_path):
+def test_damaged_or_mismatched_editor_files_are_refused(llava, editors, splits, tmp_path):
     train, _ = splits
     truncated = tmp_path / "truncated"
     shutil.copytree(editors["ke"], truncated)
     data = (truncated / "editor.safetensors").read_bytes()
     (truncated / "editor.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(EditorFileError, match="corrupt or truncated"):
-        loaded("ke", adapter, truncated, train)
+        loaded("ke", llava, truncated, train)
 
     broken_json = tmp_path / "broken-json"
     shutil.copytree(editors["ke"], broken_json)
     (broken_json / "editor.json").write_text("{not json")
     with pytest.raises(EditorFileError, match="not valid JSON"):
-        loaded("ke", adapter, broken_json, train)
+        loaded("ke", llava, broken_json, train)
 
     with pytest.raises(EditorFileError, match="trained for method 'ke', not 'mend'"):
-        loaded("mend", adapter, editors["ke"], train)
+        loaded("mend", llava, editors["ke"], train)
     with pytest.raises(EditorFileError, match="editor.json is missing"):
-        loaded("mend", adapter, tmp_path / "nowhere", train)
+        loaded("mend", llava, tmp_path / "nowhere", train)
     assert main(["train-editor", "--method", "mend", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
 
 
