@@ -222,9 +222,8 @@ def train_vision_side(adapter: ModelAdapter, world: World, config: PretrainConfi
     entities = {entity: index for index, entity in enumerate(sorted({entity for _, entity in world.images.values()}))}
     labels = torch.tensor([entities[world.images[path][1]] for path in paths], device=adapter.device)
     model = adapter.model
-    with torch.no_grad():
-        width = adapter.image_features(images[:1]).shape[-1]
-    classifier = torch.nn.Linear(width, len(entities)).to(adapter.device)
+    # image features are language-model input embeddings
+    classifier = torch.nn.Linear(adapter.input_embeddings().embedding_dim, len(entities)).to(adapter.device)
     # Only the vision side gets gradients; AdamW leaves parameters without one untouched.
     optimizer = torch.optim.AdamW([*model.parameters(), *classifier.parameters()], lr=config.vision_lr,
                                   weight_decay=config.weight_decay)
@@ -297,6 +296,7 @@ class Mixture:
         answer: a train case's fixed ``alt`` could be memorised, a random one can only be read."""
         demos = []
         for _ in range(demonstrations):
+            # (no draw when the option is off: a recipe without it keeps its random stream)
             similar = self.config.same_question_fraction and rng.random() < self.config.same_question_fraction
             shown = rng.choice(self.ike_cases_by_question.get(case.src, self.ike_cases) if similar else self.ike_cases)
             record = {**_record(shown), "alt": self._other_answer(shown, rng)}
@@ -310,7 +310,7 @@ class Mixture:
             # log-uniform over 0..max: mostly short contexts (cheap, where copying is learnt first)
             most = min(config.max_demonstrations, len(self.demonstrations))
             demonstrations = int(2 ** rng.uniform(0, math.log2(most + 1))) - 1
-            if config.fact_only_fraction and rng.random() < config.fact_only_fraction:
+            if config.fact_only_fraction and rng.random() < config.fact_only_fraction:  # no draw when off
                 demonstrations = 0
             cases = rng.sample(self.ike_cases, min(config.ike_cases_per_step, len(self.ike_cases)))
             return [query for case in cases for query in self._in_context_training(case, rng, demonstrations)]
@@ -348,21 +348,19 @@ def pretrain(
         build_tiny_model(config.arch, mixture.texts(), out, spec=spec, seed=config.seed)
     adapter = load_adapter(out)
     model = adapter.model
-    rng = random.Random(config.seed)
-    first_step = 0
-    if checkpoint is None:
-        vision_accuracy = train_vision_side(adapter, world, config) if config.vision_steps else None
-    else:
-        vision_accuracy = checkpoint["vision_accuracy"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed)
 
     def save_checkpoint(step: int) -> None:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
                     "step": step, "config": asdict(config), "vision_accuracy": vision_accuracy}, checkpoint_path)
 
     if checkpoint is None:
-        save_checkpoint(0)
+        vision_accuracy = train_vision_side(adapter, world, config) if config.vision_steps else None
+        first_step = 0
+        save_checkpoint(first_step)
     else:
+        vision_accuracy = checkpoint["vision_accuracy"]
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         rng.setstate(checkpoint["rng"])

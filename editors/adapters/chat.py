@@ -80,8 +80,7 @@ class ChatTemplateAdapter(ModelAdapter):
         pixels = self.processor.image_processor(
             self.processor_images([Query(" ", " ", image) for image in images]), return_tensors="pt"
         )
-        pixels = {key: value.to(self.device, self.model.dtype) if torch.is_floating_point(value) else value.to(self.device)
-                  for key, value in pixels.items()}
+        pixels = {key: value.to(self.device) for key, value in self._in_model_dtype(pixels).items()}
         # every family's get_image_features returns its projected image tokens as pooler_output:
         # one (tokens, hidden) tensor per image, or a (images, tokens, hidden) tensor
         tokens = self.model.get_image_features(**pixels).pooler_output
@@ -129,12 +128,13 @@ class ChatTemplateAdapter(ModelAdapter):
         for prompt, query in zip(prompts, queries, strict=True):
             lead = 1 if prompt and prompt[0] == self.tokenizer.bos_token_id else 0
             rows.append(prompt[:lead] + context_ids[query.context] + prompt[lead:])
+        return rows, [len(context_ids[query.context]) for query in queries], self._in_model_dtype(other)
+
+    def _in_model_dtype(self, inputs: Any) -> dict[str, Any]:
+        """Processor outputs with floating-point tensors (pixels) cast to the model's dtype."""
         dtype = self.model.dtype
-        other = {
-            key: value.to(dtype) if torch.is_tensor(value) and torch.is_floating_point(value) else value
-            for key, value in other.items()
-        }
-        return rows, [len(context_ids[query.context]) for query in queries], other
+        return {key: value.to(dtype) if torch.is_tensor(value) and torch.is_floating_point(value) else value
+                for key, value in inputs.items()}
 
     def _answers(self, queries: list[Query], with_eos: bool) -> list[list[int]]:
         for index, query in enumerate(queries):
