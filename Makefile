@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build available offline; a bare "torch" would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test lint bench clean chromium gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,14 @@ test: $(BIN)/.installed chromium
 bench: $(BIN)/.installed
 	$(BIN)/kebench bench
 
+# Wheels a lent GPU machine lacks (it has CUDA torch and no internet): Python 3.12, carried as .whl/
+# (README: "GPU check"). Its own pyarrow, huggingface_hub and tokenizers fit these versions' ranges.
+GPU_WHEELS := transformers==5.24.0 datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 \
+	fsspec==2026.9.0
+gpu-wheels:
+	rm -rf .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
 clean:
-	rm -rf $(VENV) .kebench-cache
+	rm -rf $(VENV) .kebench-cache .whl

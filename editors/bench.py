@@ -10,7 +10,11 @@ peak memory (CPU: resident set size above the loop's start, sampled; CUDA: peak 
 
 Shapes: ``tiny`` is the built-in tiny LLaVA; ``deep-narrow`` is a LLaVA whose language model has
 the 32 decoder layers of LLaVA-1.5-7B at a small hidden size (random weights): there the cost
-structure (many layers, each cheap) is the real one.
+structure (many layers, each cheap) is the real one; ``llava-7b`` has every dimension of
+LLaVA-1.5-7B (random weights, built on the device in the run's dtype: a GPU shape).
+
+Outside float32 the two loops' floating-point reduction orders differ by more than a top-1 token
+can absorb, so there the score difference is reported, not checked.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -33,13 +38,24 @@ from editors.engine import Engine, EngineOptions, ScoredCase, case_queries, case
 from editors.forward import score_queries
 from editors.methods.base import EditMethod
 from editors.run import default_model, default_world, load_split, make_method
+from editors.tiny import TinySpec, build_tiny_model
 
 logger = logging.getLogger(__name__)
 
 #: the plain way of running each method (what the reference code does)
 REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {"ft-llm": {"cache_frozen_layers": False}}
-#: the deep-narrow language model: LLaVA-1.5-7B's depth, narrow
-DEEP_NARROW = {"text_layers": 32, "hidden_size": 64, "heads": 4}
+#: LLaVA-1.5-7B: Vicuna-7B (Llama, 32 x 4096, MLP 11008, 32 heads, 32064 tokens) after CLIP ViT-L/14
+#: at 336 px (24 x 1024, 16 heads: 576 image tokens)
+LLAVA_1_5_7B = TinySpec(
+    hidden_size=4096, text_layers=32, heads=32, intermediate_size=11008, embedding_rows=32064, max_positions=4096,
+    vision_hidden_size=1024, vision_layers=24, vision_heads=16, vision_intermediate_size=4096,
+    image_size=336, patch_size=14,
+)
+#: random-weight LLaVA shapes (``tiny``, the pretrained default model, is the other shape)
+SHAPES: dict[str, TinySpec] = {
+    "deep-narrow": TinySpec(text_layers=32, hidden_size=64, heads=4),  # LLaVA-1.5-7B's depth, narrow
+    "llava-7b": LLAVA_1_5_7B,
+}
 AGREEMENT_POINTS = 0.1
 
 
@@ -154,7 +170,8 @@ def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[Edi
         (abs(our_scores[name] - ref_scores[name]) for name in our_scores if our_scores[name] is not None),
         default=0.0,
     )
-    if difference > AGREEMENT_POINTS:
+    checked = next(adapter.model.parameters()).dtype == torch.float32
+    if checked and difference > AGREEMENT_POINTS:
         raise AssertionError(
             f"{shape}/{method_name}: engine and reference-style loop disagree by {difference:.3f} points "
             f"(ours {our_scores}, reference {ref_scores})"
@@ -164,16 +181,30 @@ def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[Edi
                        our_peak, ref_peak, difference, our_scores)
 
 
-def deep_narrow_model(data: Path) -> Path:
-    """A LLaVA with 32 narrow decoder layers (random weights), tokenizer trained on ``data``'s text; cached."""
-    from editors.tiny import TinySpec, build_tiny_model
+def _check_shape(shape: str) -> None:
+    if shape != "tiny" and shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: tiny, {', '.join(SHAPES)}")
+
+
+def shape_model(shape: str, data: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Path:
+    """The model directory of ``shape``: the default tiny model, or a random-weight LLaVA of a
+    :data:`SHAPES` spec (tokenizer trained on ``data``'s text), built once on ``device`` in ``dtype``."""
     from kebench_hf.paths import cache_dir
 
-    out = cache_dir() / "models" / "deep-narrow-llava"
+    _check_shape(shape)
+    if shape == "tiny":
+        return default_model()
+    out = cache_dir() / "models" / f"{shape}-llava"
     if not (out / "config.json").exists():
         texts = [value for record in CaseSequence(load_split(data, "edit", "train")).texts()
                  for key, value in record.items() if key != "case_id"]
-        build_tiny_model("llava", texts, out, spec=TinySpec(**DEEP_NARROW))
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build_tiny_model("llava", texts, partial, spec=SHAPES[shape], device=device, dtype=dtype)
+        partial.rename(out)
+        gc.collect()  # the built weights (14 GB for llava-7b) are freed before anything loads them again
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
@@ -194,20 +225,24 @@ def format_measurements(measurements: list[Measurement]) -> str:
 
 
 def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[str] | None = None,
-              device: str = "cpu") -> str:
-    """Measure every (shape, method) on the first ``limit`` test cases of the default world (the
-    next case warms both loops up, untimed)."""
+              device: str = "cpu", dtype: str = "float32", data: Path | None = None) -> str:
+    """Measure every (shape, method) on the first ``limit`` test cases of ``data`` (default: the
+    default world; the next case warms both loops up, untimed). Default shapes: ``tiny`` and
+    ``deep-narrow``."""
     from editors.adapters import load_adapter
 
-    data = default_world()
+    shapes = shapes or ["tiny", "deep-narrow"]
+    for shape in shapes:  # before building anything
+        _check_shape(shape)
+    torch_dtype = getattr(torch, dtype)
+    data = data or default_world()
     rows = load_split(data, "edit", "test")
     cases = list(CaseSequence(rows.select(range(min(limit + 1, len(rows))))))
     warm_up, cases = cases[-1], cases[:-1]
     train = CaseSequence(load_split(data, "edit", "train"))
-    models = {"tiny": default_model, "deep-narrow": lambda: deep_narrow_model(data)}
     measurements = []
-    for shape in shapes or list(models):
-        adapter = load_adapter(models[shape](), device=device)
+    for shape in shapes:
+        adapter = load_adapter(shape_model(shape, data, device, torch_dtype), device=device, dtype=torch_dtype)
         for method_name in methods or ["ft-llm", "ike"]:
             logger.info("bench: %s / %s on %d cases", shape, method_name, len(cases))
             measurements.append(measure(shape, adapter, method_name, cases, warm_up, train))

@@ -150,7 +150,7 @@ def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from editors.bench import run_bench
 
-    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape, device=args.device))
+    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape, device=args.device, dtype=args.dtype))
     return 0
 
 
@@ -160,10 +160,13 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--method", action="append", choices=("ft-llm", "ike", "ft-vision"),
                         help="method(s) to time (default: ft-llm and ike)")
-    parser.add_argument("--shape", action="append", choices=("tiny", "deep-narrow"),
-                        help="model shape(s) (default: both)")
+    parser.add_argument("--shape", action="append",
+                        help="model shape(s): tiny, deep-narrow, llava-7b (random weights, all of LLaVA-1.5-7B's "
+                             "dimensions: a GPU shape) (default: tiny and deep-narrow)")
     parser.add_argument("--limit", type=int, default=10, help="test cases per measurement (default 10)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="model dtype; outside float32 the loops' score difference is reported, not checked")
     parser.set_defaults(func=_bench)
 
 

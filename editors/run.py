@@ -131,6 +131,13 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_name(device: str) -> str:
+    """The accelerator's name (e.g. ``NVIDIA H100 80GB HBM3``), else the CPU architecture."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.machine()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -180,6 +187,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     model = str(settings.model) if settings.model else str(default_model())
 
     seed_everything(settings.seed)
+    if settings.device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # this run's peak, not the process's
     adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype))
     started = time.perf_counter()
     method.prepare(adapter, CaseSequence(train), settings.editor)
@@ -262,6 +271,7 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
         "dataset_fingerprint": fingerprint,
         "sequential": settings.sequential,
         "device": settings.device,
+        "device_name": device_name(settings.device),
         "dtype": settings.dtype,
         "seed": settings.seed,
         "generate": settings.generate,

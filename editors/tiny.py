@@ -9,7 +9,8 @@ family's real processor class with a slow (PIL) image processor. Everything is w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of a tiny model. ``text_layers`` deep and ``hidden_size`` wide language model."""
+    """Sizes of a model: a ``text_layers`` deep, ``hidden_size`` wide language model and a vision tower.
+
+    Tiny by default; a real model's sizes (e.g. ``editors.bench.LLAVA_1_5_7B``) give a random-weight
+    model of its exact shape. ``None`` sizes follow the tiny ratios: MLPs 4x (text) and 2x (vision)
+    their width, the vision tower as many heads as the text model, as many embedding rows as tokens.
+    """
 
     hidden_size: int = 128
     text_layers: int = 4
@@ -36,10 +42,25 @@ class TinySpec:
     patch_size: int = 8
     vocab_size: int = 2048
     max_positions: int = 2048
+    intermediate_size: int | None = None
+    vision_intermediate_size: int | None = None
+    vision_heads: int | None = None
+    #: embedding / LM-head rows when more than the tokenizer's (a real model's vocabulary size)
+    embedding_rows: int | None = None
 
-    @property
-    def intermediate_size(self) -> int:
-        return 4 * self.hidden_size
+    def __post_init__(self) -> None:
+        derived = {
+            "intermediate_size": 4 * self.hidden_size,
+            "vision_intermediate_size": 2 * self.vision_hidden_size,
+            "vision_heads": self.heads,
+        }
+        for name, value in derived.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+    def vocabulary(self, tokenizer: PreTrainedTokenizerFast) -> int:
+        """Rows of the text model's embeddings: the tokenizer's, or ``embedding_rows`` when more."""
+        return max(len(tokenizer), self.embedding_rows or 0)
 
 
 def build_tokenizer(
@@ -92,10 +113,10 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def _llama_config(spec: TinySpec, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+def _llama_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     return {
         "model_type": "llama",
-        "vocab_size": vocab_size,
+        "vocab_size": spec.vocabulary(tokenizer),
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.text_layers,
@@ -112,9 +133,9 @@ def _vision_tower_config(spec: TinySpec, patch_size: int | None = None) -> dict[
     """The sizes every family's ViT-style vision tower shares."""
     return {
         "hidden_size": spec.vision_hidden_size,
-        "intermediate_size": 2 * spec.vision_hidden_size,
+        "intermediate_size": spec.vision_intermediate_size,
         "num_hidden_layers": spec.vision_layers,
-        "num_attention_heads": spec.heads,
+        "num_attention_heads": spec.vision_heads,
         "image_size": spec.image_size,
         "patch_size": patch_size or spec.patch_size,
     }
@@ -150,7 +171,7 @@ def _build_llava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
     )
     config = LlavaConfig(
         vision_config=_clip_vision_config(spec),
-        text_config=_llama_config(spec, len(tokenizer), tokenizer),
+        text_config=_llama_config(spec, tokenizer),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(spec.image_size // spec.patch_size) ** 2,
         vision_feature_layer=-1,
@@ -174,9 +195,9 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
         vision_config=_vision_tower_config(spec),
         qformer_config={
             "hidden_size": spec.vision_hidden_size,
-            "intermediate_size": 2 * spec.vision_hidden_size,
+            "intermediate_size": spec.vision_intermediate_size,
             "num_hidden_layers": spec.vision_layers,
-            "num_attention_heads": spec.heads,
+            "num_attention_heads": spec.vision_heads,
             "encoder_hidden_size": spec.vision_hidden_size,
             "cross_attention_frequency": 1,
             "vocab_size": len(tokenizer),
@@ -186,7 +207,7 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
         },
         text_config={
             "model_type": "opt",
-            "vocab_size": len(tokenizer),
+            "vocab_size": spec.vocabulary(tokenizer),
             "hidden_size": spec.hidden_size,
             "word_embed_proj_dim": spec.hidden_size,
             "ffn_dim": spec.intermediate_size,
@@ -237,12 +258,12 @@ def _build_qwen_vl(texts: list[str], spec: TinySpec, version: str) -> tuple[torc
     # M-RoPE splits the rotary half of each head over (time, height, width) as 2:3:3.
     half = spec.hidden_size // spec.heads // 2
     height = width = half * 3 // 8
-    vision = {"depth": spec.vision_layers, "num_heads": spec.heads, "patch_size": patch, "spatial_merge_size": merge,
+    vision = {"depth": spec.vision_layers, "num_heads": spec.vision_heads, "patch_size": patch, "spatial_merge_size": merge,
               "temporal_patch_size": 2}
     if version == "2":
         vision.update(embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size, mlp_ratio=2)
     else:
-        vision.update(hidden_size=spec.vision_hidden_size, intermediate_size=2 * spec.vision_hidden_size,
+        vision.update(hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_intermediate_size,
                       out_hidden_size=spec.hidden_size, window_size=spec.image_size,
                       fullatt_block_indexes=[spec.vision_layers - 1])
     prefix = {"2": "Qwen2VL", "2.5": "Qwen2_5_VL"}[version]
@@ -250,7 +271,7 @@ def _build_qwen_vl(texts: list[str], spec: TinySpec, version: str) -> tuple[torc
     config = getattr(transformers, f"{prefix}Config")(
         vision_config=vision,
         text_config={
-            "vocab_size": len(tokenizer),
+            "vocab_size": spec.vocabulary(tokenizer),
             "hidden_size": spec.hidden_size,
             "intermediate_size": spec.intermediate_size,
             "num_hidden_layers": spec.text_layers,
@@ -305,7 +326,7 @@ def _build_idefics3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, 
     )
     config = Idefics3Config(
         vision_config=_vision_tower_config(spec, patch),
-        text_config=_llama_config(spec, len(tokenizer), tokenizer),
+        text_config=_llama_config(spec, tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=scale_factor,
     )
@@ -335,7 +356,7 @@ def _build_llava_next(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module
     )
     config = LlavaNextConfig(
         vision_config=_clip_vision_config(spec),
-        text_config=_llama_config(spec, len(tokenizer), tokenizer),
+        text_config=_llama_config(spec, tokenizer),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
         image_seq_length=(side // spec.patch_size) ** 2,
@@ -356,14 +377,35 @@ BUILDERS: dict[str, Callable[[list[str], TinySpec], tuple[torch.nn.Module, Any]]
 }
 
 
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_tiny_model(
-    arch: str, corpus_texts: Iterable[str], out_dir: str | Path, spec: TinySpec | None = None, seed: int = 0
+    arch: str,
+    corpus_texts: Iterable[str],
+    out_dir: str | Path,
+    spec: TinySpec | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Build an untrained tiny ``arch`` model whose tokenizer is trained on ``corpus_texts``; save it."""
+    """Build an untrained ``arch`` model whose tokenizer is trained on ``corpus_texts``; save it.
+
+    The weights are created on ``device`` in ``dtype`` (a 7B-sized spec never exists in float32 on
+    the CPU).
+    """
     if arch not in BUILDERS:
         raise ValueError(f"unknown tiny architecture {arch!r}; known: {', '.join(sorted(BUILDERS))}")
     torch.manual_seed(seed)
-    model, processor = BUILDERS[arch](list(corpus_texts), spec or TinySpec())
+    with torch.device(device), _default_dtype(dtype):
+        model, processor = BUILDERS[arch](list(corpus_texts), spec or TinySpec())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -1,0 +1,93 @@
+"""The editing engine's GPU checks, as one script for a lent accelerator (README: "GPU check").
+
+1. ``kebench run --method ft-llm --limit 20 --device cuda --dtype bfloat16`` on LLaVA-1.5-7B's shape
+   (random weights, every real dimension: 7,063,427,072 parameters, built on the GPU in bfloat16):
+   seconds per edit and peak GPU memory, from the run's ``run.json``.
+2. ``kebench bench`` on the GPU: the 7B shape (FT-LLM, bfloat16: the score difference is reported)
+   and the deep-narrow shape (FT-LLM and IKE, float32: scores checked).
+
+``python benchmarks/gpu_check.py --out DIR [--device cuda] [--shape llava-7b] [--limit 20]
+[--bench-limit 5]``. Each step appends to ``DIR/report.md`` as it finishes and copies its run's
+``run.json`` / ``scores.json`` there, so a step that fails or runs out of time loses no other's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from editors.bench import run_bench, shape_model
+from editors.cases import METRICS
+from editors.run import RunSettings, default_world, device_name, run
+
+
+def edit_run(out: Path, shape: str, data: Path, device: str, dtype: str, limit: int) -> str:
+    """FT-LLM through ``kebench run`` on ``shape``: s/edit, peak memory and the six token scores."""
+    started = time.perf_counter()
+    model = shape_model(shape, data, device, getattr(torch, dtype))
+    built = time.perf_counter() - started
+    run_dir = out / "runs" / f"{shape}-ft-llm"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    scores = run(RunSettings(method="ft-llm", out=run_dir, model=str(model), data=str(data), limit=limit,
+                             device=device, dtype=dtype, bootstrap=0))
+    info = json.loads((run_dir / "run.json").read_text())
+    for name in ("run.json", "scores.json"):
+        shutil.copy(run_dir / name, out / f"{shape}-ft-llm-{name}")
+    token = scores["token"]["scores"]
+    return "\n".join([
+        f"model built/loaded from cache in {built:.0f} s: {model}",
+        "| shape | device | dtype | edits | s/edit | peak memory MiB | " + " | ".join(METRICS) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(METRICS),
+        f"| {shape} | {info['device_name']} | {dtype} | {info['cases'] - info['failed_cases']} "
+        f"| {info['seconds_per_edit']:.3f} | {info['peak_memory_mib']:.0f} | "
+        + " | ".join("n/a" if token[m] is None else f"{token[m]:.1f}" for m in METRICS) + " |",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--shape", default="llava-7b", help="the large shape (default llava-7b)")
+    parser.add_argument("--limit", type=int, default=20, help="edits of the FT-LLM run (default 20)")
+    parser.add_argument("--bench-limit", type=int, default=5, help="cases per bench measurement (default 5)")
+    parser.add_argument("--data", type=Path, help="KEBench directory (default: the default world)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = args.out / "report.md"
+    data = args.data or default_world()
+    report.write_text(f"# GPU check on {device_name(args.device)} (torch {torch.__version__})\n")
+    steps: list[tuple[str, Callable[[], str]]] = [
+        (f"kebench run ft-llm, {args.shape}, {args.dtype}",
+         lambda: edit_run(args.out, args.shape, data, args.device, args.dtype, args.limit)),
+        (f"kebench bench ft-llm, {args.shape}, {args.dtype}",
+         lambda: run_bench(["ft-llm"], args.bench_limit, [args.shape], args.device, args.dtype, data)),
+        ("kebench bench ft-llm + ike, deep-narrow, float32",
+         lambda: run_bench(["ft-llm", "ike"], 2 * args.bench_limit, ["deep-narrow"], args.device, "float32", data)),
+    ]
+    failures = 0
+    for title, step in steps:
+        started = time.perf_counter()
+        try:
+            body = step()
+        except Exception:  # noqa: BLE001 -- a failed step is reported and the next one still runs
+            failures += 1
+            body = "FAILED\n```\n" + traceback.format_exc() + "```"
+        with report.open("a") as handle:
+            handle.write(f"\n## {title} ({time.perf_counter() - started:.0f} s)\n\n{body}\n")
+        print(f"\n## {title}\n{body}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
