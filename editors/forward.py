@@ -55,25 +55,34 @@ def shared_prefix_length(adapter: ModelAdapter, batch: EncodedBatch) -> int:
     return int(differs[0]) if len(differs) else length
 
 
-def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tensor, int]:
-    """``(logits, offset)``: logits of positions ``offset..`` of every row of ``batch``."""
+def prefix_then_rows(
+    adapter: ModelAdapter, batch: EncodedBatch, prefix: int, keep_prefix_logits: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Run the first ``prefix`` positions, which all rows share, once; then every row's rest over
+    their KV cache. ``(the prefix's logits (1, prefix, vocab) or None, the rest's logits)``; with
+    gradients when enabled (pretraining's in-context batches)."""
     inputs = batch.inputs
-    prefix = shared_prefix_length(adapter, batch)
-    if prefix == 0:
-        return adapter.model(**inputs, use_cache=False).logits, 0
     rows = inputs["input_ids"].shape[0]
     head = adapter.model(
         input_ids=inputs["input_ids"][:1, :prefix],
         attention_mask=inputs["attention_mask"][:1, :prefix],
         use_cache=True,
-        logits_to_keep=1,  # only its KV cache is used
+        logits_to_keep=0 if keep_prefix_logits else 1,  # 1: only its KV cache is used
     )
     cache = head.cache
     cache.batch_repeat_interleave(rows)
     rest: dict[str, Any] = {
         key: value[:, prefix:] if key in _PER_TOKEN_INPUTS else value for key, value in inputs.items()
     }
-    return adapter.model(**rest, cache=cache, use_cache=True).logits, prefix
+    return head.logits if keep_prefix_logits else None, adapter.model(**rest, cache=cache, use_cache=True).logits
+
+
+def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tensor, int]:
+    """``(logits, offset)``: logits of positions ``offset..`` of every row of ``batch``."""
+    prefix = shared_prefix_length(adapter, batch)
+    if prefix == 0:
+        return adapter.model(**batch.inputs, use_cache=False).logits, 0
+    return prefix_then_rows(adapter, batch, prefix)[1], prefix
 
 
 def readouts(logits: torch.Tensor, offset: int, batch: EncodedBatch, topk: list[int]) -> list[Readout]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from editors.adapters import Query, load_adapter
+import editors.pretrain
 from editors.pretrain import (
     SUMMARY,
     Mixture,
@@ -18,6 +19,7 @@ from editors.pretrain import (
     pretrain,
     read_world,
     train_vision_side,
+    training_loss,
 )
 from editors.tiny import build_tiny_model
 from kebench_hf.cli import main
@@ -70,6 +72,34 @@ def test_the_mixture_holds_every_kind_of_pre_edit_knowledge(tiny_world: Path) ->
     alts = {case.alt for case in world.cases["train"]}
     assert sum(fact.answer not in alts for fact in facts) >= 1
     assert mixture.in_context(case, random.Random(0), 1)[0].answer == case.alt
+
+
+def test_a_shared_context_is_read_once_with_the_same_loss_and_gradients(tiny_llava: Path, tiny_world: Path,
+                                                                         monkeypatch) -> None:
+    adapter = load_adapter(tiny_llava)
+    mixture = Mixture(read_world(tiny_world), QUICK)
+    rng = random.Random(0)
+    batch = [query for case in mixture.ike_cases[:3] for query in mixture._in_context_training(case, rng, 6)]
+    calls = []
+    adapter.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                            with_kwargs=True)
+
+    def loss_and_gradients() -> tuple[float, dict[str, torch.Tensor]]:
+        adapter.model.zero_grad(set_to_none=True)
+        calls.clear()
+        loss = training_loss(adapter, batch)
+        loss.backward()
+        return loss.item(), {name: p.grad.clone() for name, p in adapter.model.named_parameters() if p.grad is not None}
+
+    shared_loss, shared = loss_and_gradients()
+    assert len(calls) == 6 and [shape[0] for shape in calls[::2]] == [1, 1, 1]  # each context once, then its rows
+    monkeypatch.setattr(editors.pretrain, "SHARED_CONTEXT_MIN_TOKENS", 10**6)  # every row in full
+    full_loss, full = loss_and_gradients()
+    assert len(calls) == 1 and calls[0][0] == len(batch)
+    assert shared_loss == pytest.approx(full_loss, rel=1e-5)
+    assert shared.keys() == full.keys()
+    for name, gradient in full.items():
+        assert torch.allclose(shared[name], gradient, rtol=1e-3, atol=1e-6), name
 
 
 def test_resume_after_a_crash_gives_the_same_model(tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
