@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from editors.adapters import Query, load_adapter
 import editors.pretrain
+from editors.adapters import Query, load_adapter
 from editors.pretrain import (
     SUMMARY,
     Mixture,
