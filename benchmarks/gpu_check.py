@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "report.md"
     data = args.data or default_world()
-    report.write_text(f"# GPU check on {device_name(args.device)} (torch {torch.__version__})\n")
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}"
+                         for name in ("torch", "transformers", "datasets", "pyarrow", "huggingface_hub"))
+    report.write_text(f"# GPU check on {device_name(args.device)}\n\n{versions}\n")
     steps: list[tuple[str, Callable[[], str]]] = [
         (f"kebench run ft-llm, {args.shape}, {args.dtype}",
          lambda: edit_run(args.out, args.shape, data, args.device, args.dtype, args.limit)),
