@@ -229,11 +229,12 @@ def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[st
     """Measure every (shape, method) on the first ``limit`` test cases of ``data`` (default: the
     default world; the next case warms both loops up, untimed). Default shapes: ``tiny`` and
     ``deep-narrow``."""
-    from editors.adapters import load_adapter
+    from editors.adapters import check_device, load_adapter
 
     shapes = shapes or ["tiny", "deep-narrow"]
     for shape in shapes:  # before building anything
         _check_shape(shape)
+    check_device(device)
     torch_dtype = getattr(torch, dtype)
     data = data or default_world()
     rows = load_split(data, "edit", "test")

@@ -109,13 +109,14 @@ def _train_editor(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from editors import run as runs
-    from editors.adapters import load_adapter
+    from editors.adapters import check_device, load_adapter
     from editors.cases import CaseSequence
     from editors.methods.trained import TrainedMethod
 
     method = runs.make_method(args.method, _method_options(args.set or []))
     if not isinstance(method, TrainedMethod):
         raise ValueError(f"method {args.method!r} has nothing to train; trained methods: ke, mend, serac")
+    check_device(args.device)  # before building the default world or model
     data = args.data or str(runs.default_world())
     train = CaseSequence(runs.load_split(data, "edit", "train"))
     runs.seed_everything(method.config.seed)

@@ -163,7 +163,7 @@ def _cases(rows: Any, skip: set[str]) -> Iterator[tuple[str, EditCase | CaseErro
 
 def run(settings: RunSettings) -> dict[str, Any]:
     """Run ``settings.method`` and write the run directory; returns ``{"token": ..., "generate": ...}`` scores."""
-    from editors.adapters import load_adapter
+    from editors.adapters import check_device, load_adapter
 
     method = make_method(settings.method, settings.method_options)  # unknown method: fail before loading
     if settings.sequential < 1:
@@ -172,6 +172,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
         raise ValueError(f"method {settings.method!r} does not support --sequential (it changes no weights)")
     if settings.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {settings.dtype!r}; expected one of {DTYPES}")
+    check_device(settings.device)  # before building the default world or model
     out = Path(settings.out)
     jsonl = out / PREDICTIONS_JSONL
     if jsonl.exists() and not settings.resume:

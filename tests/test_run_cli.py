@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from editors import run as runs
 from editors.run import RunSettings
@@ -61,6 +62,15 @@ def test_bad_input_is_a_one_line_error(tiny_llava, tiny_world, tmp_path, capsys)
     assert "--method is required" in _error(["run", "--limit", "3"], capsys)
     assert "--out RUN_DIR is required" in _error(["run", "--method", "ft-llm", *data], capsys)
     assert "expects NAME=VALUE" in _error(["run", "--method", "ft-llm", *data, "--out", "x", "--set", "lr"], capsys)
+    assert "unknown device 'tpu'; e.g. cpu, cuda" in _error(
+        ["run", "--method", "ft-llm", *data, "--device", "tpu", "--out", str(tmp_path / "e")], capsys
+    )
+    if not torch.cuda.is_available():
+        for command in (["run", "--method", "ft-llm", *data, "--out", str(tmp_path / "f")],
+                        ["train-editor", "--method", "ke", *data, "--out", str(tmp_path / "g")],
+                        ["bench", "--shape", "deep-narrow"]):
+            assert "device 'cuda': no CUDA device here" in _error([*command, "--device", "cuda"], capsys)
+        assert not (tmp_path / "f").exists() and not (tmp_path / "g").exists()
 
     bert = tmp_path / "bert"
     bert.mkdir()

@@ -26,6 +26,22 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
 }
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, or a ``ValueError`` saying why this machine cannot use it."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}; e.g. cpu, cuda, cuda:1, mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA device here (torch {torch.__version__}); use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
+    return resolved
+
+
 def adapter_class(model_type: str) -> type[ModelAdapter]:
     """The adapter handling ``config.model_type`` ``model_type``."""
     for adapter in ADAPTERS.values():
@@ -49,6 +65,7 @@ def load_adapter(
     """Load a model and its processor (local directory or hub id) and wrap them in their adapter."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    device = check_device(device)
     source = str(path_or_hub_id)
     is_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
     if not Path(source).exists() and not is_hub_id:
