@@ -9,6 +9,7 @@ from editors.cases import CaseSequence
 from editors.engine import Engine, EngineOptions
 from editors.forward import score_queries
 from editors.methods import METHODS, get_method
+from editors.methods.base import fine_tune
 from editors.methods.ike import demonstration
 from editors.run import load_split, make_method
 
@@ -82,6 +83,17 @@ def test_weight_edit_changes_answer_touches_only_its_module_and_restores_bit_exa
         edit.restore()
         assert changed_tensors(llava.model, before) == set(), "restore must give back every tensor bit for bit"
     assert hits >= 2, "the edit must make the new answer the model's answer"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fine_tuning_takes_steps_smaller_than_the_weights_precision(dtype):
+    # 10 Adam steps of lr 1e-4 against a constant gradient: 0.05 -> 0.049. In bfloat16 each step is
+    # below half the spacing of 0.05 (1.2e-4): stepped directly, the weight would never move.
+    weight = torch.nn.Parameter(torch.full((4,), 0.05, dtype=dtype), requires_grad=False)
+    assert fine_tune([weight], lambda: weight.float().sum(), steps=10, lr=1e-4, stop_loss=-1e9) == 10
+    assert weight.dtype == dtype and not weight.requires_grad and weight.grad is None
+    spacing = 2.0**-12 if dtype == torch.bfloat16 else 1e-7
+    assert weight.float().sub(0.049).abs().max().item() <= spacing
 
 
 def test_ft_llm_top_layer_cache_gives_the_plain_result(llava, test_cases):

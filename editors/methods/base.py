@@ -182,16 +182,28 @@ def input_width(module: nn.Module) -> int:
 def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], steps: int, lr: float,
               stop_loss: float) -> int:
     """Adam on ``params`` for at most ``steps`` steps, stopping once the loss is below ``stop_loss``
-    (the reference FT's rule); returns the steps taken."""
+    (the reference FT's rule); returns the steps taken.
+
+    Adam steps float32 copies of low-precision parameters and writes them back rounded: a bfloat16
+    weight of 0.05 cannot move by the reference's lr of 1e-4 (half its spacing is 1.2e-4), so
+    stepping it directly would drop the edit. Float32 parameters are stepped in place.
+    """
+    masters = [param.detach().float().requires_grad_(True) for param in params]
     with trainable(params):
-        optimizer = torch.optim.Adam(params, lr=lr)
+        optimizer = torch.optim.Adam(masters, lr=lr)
         for step in range(steps):
             loss = loss_fn()
             if loss.item() < stop_loss:
                 return step
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            with torch.no_grad():
+                for param, master in zip(params, masters, strict=True):
+                    master.grad = param.grad.float()
+                    param.grad = None
+                optimizer.step()
+                for param, master in zip(params, masters, strict=True):
+                    if master.data_ptr() != param.data_ptr():
+                        param.copy_(master)
     return steps
 
 
