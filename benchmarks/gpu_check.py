@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import json
 import logging
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # noqa: BLE001 -- a failed step is reported and the next one still runs
             failures += 1
             body = "FAILED\n```\n" + traceback.format_exc() + "```"
+        gc.collect()  # the step's model (14 GB for llava-7b) is gone before the next loads its own
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         with report.open("a") as handle:
             handle.write(f"\n## {title} ({time.perf_counter() - started:.0f} s)\n\n{body}\n")
         print(f"\n## {title}\n{body}", flush=True)
