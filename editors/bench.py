@@ -6,7 +6,8 @@ for the case, and the method run the plain way (FT: every optimisation step thro
 network; IKE: the in-context prompt re-read with every query). Both loops compute the same
 outputs for the same cases, so their token-protocol scores must agree (up to floating-point
 reduction order); the benchmark checks that, then reports seconds per edit, the speed ratio and
-peak memory (CPU: resident set size above the loop's start, sampled; CUDA: peak allocated).
+the peak memory of one edit (CPU: resident set size above its start, sampled; CUDA: peak
+allocated). The loops alternate case by case, so both see the machine in the same state.
 
 Shapes: ``tiny`` is the built-in tiny LLaVA; ``deep-narrow`` is a LLaVA whose language model has
 the 32 decoder layers of LLaVA-1.5-7B at a small hidden size (random weights): there the cost
@@ -26,7 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +142,22 @@ def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCa
     return rows
 
 
-def _timed(loop: Callable[[], list[dict[str, Any]]], device: torch.device) -> tuple[list[dict[str, Any]], float, float, float]:
-    """``(rows, wall seconds, CPU seconds of this process, peak MiB)`` of ``loop()``."""
-    with PeakMemory(device) as memory:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        rows = loop()
-        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return rows, seconds, cpu_seconds, memory.peak_mib
+@dataclass
+class _Totals:
+    """One loop's rows, wall and CPU seconds (this process) and largest peak, over its timed calls."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_mib: float = 0.0
+
+    def time(self, call: Callable[[], list[dict[str, Any]]], device: torch.device) -> None:
+        with PeakMemory(device) as memory:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            self.rows += call()
+            self.seconds += time.perf_counter() - started
+            self.cpu_seconds += time.process_time() - cpu_started
+        self.peak_mib = max(self.peak_mib, memory.peak_mib)
 
 
 def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[EditCase], warm_up: EditCase,
@@ -162,10 +172,14 @@ def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[Edi
     # One-time costs (first backward, allocator growth) belong to neither loop: warm both up first.
     engine_rows(adapter, ours, [warm_up])
     reference_rows(adapter, reference, [warm_up])
-    our_rows, our_seconds, our_cpu, our_peak = _timed(lambda: engine_rows(adapter, ours, cases), adapter.device)
-    ref_rows, ref_seconds, ref_cpu, ref_peak = _timed(lambda: reference_rows(adapter, reference, cases), adapter.device)
-    our_scores = score_predictions(our_rows, protocol="token", bootstrap=0)["scores"]
-    ref_scores = score_predictions(ref_rows, protocol="token", bootstrap=0)["scores"]
+    # Case by case, the loops alternating: a machine that slows down or speeds up meanwhile slows or
+    # speeds both alike (timed one after the other, the ratio moved by ~10% between identical runs).
+    our, ref = _Totals(), _Totals()
+    for case in cases:
+        our.time(lambda case=case: engine_rows(adapter, ours, [case]), adapter.device)
+        ref.time(lambda case=case: reference_rows(adapter, reference, [case]), adapter.device)
+    our_scores = score_predictions(our.rows, protocol="token", bootstrap=0)["scores"]
+    ref_scores = score_predictions(ref.rows, protocol="token", bootstrap=0)["scores"]
     difference = max(
         (abs(our_scores[name] - ref_scores[name]) for name in our_scores if our_scores[name] is not None),
         default=0.0,
@@ -177,8 +191,8 @@ def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[Edi
             f"(ours {our_scores}, reference {ref_scores})"
         )
     n = len(cases)
-    return Measurement(shape, method_name, n, our_seconds / n, ref_seconds / n, our_cpu / n, ref_cpu / n,
-                       our_peak, ref_peak, difference, our_scores)
+    return Measurement(shape, method_name, n, our.seconds / n, ref.seconds / n, our.cpu_seconds / n,
+                       ref.cpu_seconds / n, our.peak_mib, ref.peak_mib, difference, our_scores)
 
 
 def _check_shape(shape: str) -> None:
