@@ -198,7 +198,7 @@ def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], s
             loss.backward()
             with torch.no_grad():
                 for param, master in zip(params, masters, strict=True):
-                    master.grad = param.grad.float()
+                    master.grad = None if param.grad is None else param.grad.float()  # None: Adam skips it
                     param.grad = None
                 optimizer.step()
                 for param, master in zip(params, masters, strict=True):
