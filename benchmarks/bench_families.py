@@ -15,17 +15,16 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from editors.pretrain import PretrainConfig, pretrain
+from editors.pretrain import SHORT_RECIPE, pretrain
 from editors.run import RunSettings, run
 from editors.tiny import BUILDERS
 from kebench_hf.world import build_world
 
 METHODS = ("ft-llm", "ft-vision", "ike")
 METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
-#: the test fixture's recipe (old answers, little in-context training); at most 8 demonstrations,
-#: as IKE's k below, so every family's positions hold the prompt
-RECIPE = PretrainConfig(steps=300, max_demonstrations=8, vision_steps=200, ike_every=4, ike_cases_per_step=2,
-                        fact_only_fraction=0.0, same_question_fraction=0.0)
+#: the test fixture's recipe; IKE's k below is its most demonstrations, so every family's positions
+#: hold the prompt
+RECIPE = SHORT_RECIPE
 
 
 def main(root: Path) -> str:

@@ -84,6 +84,13 @@ class PretrainConfig:
     vision_lr: float = 3e-3
 
 
+#: a recipe of minutes on the ``tiny`` world: the old answers, little reading of facts in context
+#: (the test fixture ``tiny_llava``; ``benchmarks/bench_families.py``); at most 8 demonstrations,
+#: which every family's positions hold
+SHORT_RECIPE = PretrainConfig(steps=300, max_demonstrations=8, vision_steps=200, ike_every=4, ike_cases_per_step=2,
+                              fact_only_fraction=0.0, same_question_fraction=0.0)
+
+
 def pre_edit_queries(case: EditCase) -> list[Query]:
     """What the model must answer before the edit: the old answer and the locality answers."""
     return [

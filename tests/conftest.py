@@ -129,18 +129,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, vlkeb_fixture_dir: Pat
     return {arch: build_tiny_model(arch, texts, root / arch) for arch in BUILDERS}
 
 
-#: a tiny LLaVA for the method tests: the old answers matter, reading facts in context does not
-TINY_RECIPE_OPTIONS = {"steps": 300, "max_demonstrations": 8, "vision_steps": 200, "ike_every": 4,
-                       "ike_cases_per_step": 2, "fact_only_fraction": 0.0, "same_question_fraction": 0.0}
-
-
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_world: Path) -> Path:
-    """A tiny LLaVA pretrained on ``tiny_world`` (knows the old answers): its model directory."""
-    from editors.pretrain import PretrainConfig, pretrain
+    """A tiny LLaVA pretrained on ``tiny_world`` with the short recipe (the method tests need the
+    old answers, not reading facts in context): its model directory."""
+    from editors.pretrain import SHORT_RECIPE, pretrain
 
     out = tmp_path_factory.mktemp("tiny-llava")
-    pretrain(tiny_world, out, PretrainConfig(**TINY_RECIPE_OPTIONS))
+    pretrain(tiny_world, out, SHORT_RECIPE)
     return out
 
 
