@@ -16,12 +16,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from editors.pretrain import SHORT_RECIPE, pretrain
-from editors.run import RunSettings, run
+from editors.run import RunSettings, run, score_cells
 from editors.tiny import BUILDERS
 from kebench_hf.world import build_world
 
 METHODS = ("ft-llm", "ft-vision", "ike")
-METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
 #: the test fixture's recipe; IKE's k below is its most demonstrations, so every family's positions
 #: hold the prompt
 RECIPE = SHORT_RECIPE
@@ -45,8 +44,7 @@ def main(root: Path) -> str:
                                      data=str(data), bootstrap=0, method_options=options))
             seconds = time.perf_counter() - started
             for protocol in ("token", "generate"):
-                values = [scores[protocol]["scores"][name] for name in METRICS]
-                cells = " | ".join("-" if value is None else f"{value:.1f}" for value in values)
+                cells = score_cells(scores[protocol]["scores"])
                 lines.append(f"| {arch} | {100 * old:.1f} | {method} | {protocol} | {cells} | {seconds:.0f} |")
             print(lines[-2], lines[-1], sep="\n", flush=True)
     table = "\n".join(lines)

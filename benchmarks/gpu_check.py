@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from editors.bench import run_bench, shape_model
-from editors.cases import METRICS
-from editors.run import RunSettings, default_world, device_name, run
+from editors.run import TABLE_HEADERS, RunSettings, default_world, device_name, run, score_cells
 
 
 def edit_run(out: Path, shape: str, data: Path, device: str, dtype: str, limit: int) -> str:
@@ -43,14 +42,12 @@ def edit_run(out: Path, shape: str, data: Path, device: str, dtype: str, limit: 
     info = json.loads((run_dir / "run.json").read_text())
     for name in ("run.json", "scores.json"):
         shutil.copy(run_dir / name, out / f"{shape}-ft-llm-{name}")
-    token = scores["token"]["scores"]
     return "\n".join([
         f"model built/loaded from cache in {built:.0f} s: {model}",
-        "| shape | device | dtype | edits | s/edit | peak memory MiB | " + " | ".join(METRICS) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(METRICS),
+        "| shape | device | dtype | edits | s/edit | peak memory MiB | " + " | ".join(TABLE_HEADERS) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(TABLE_HEADERS),
         f"| {shape} | {info['device_name']} | {dtype} | {info['cases'] - info['failed_cases']} "
-        f"| {info['seconds_per_edit']:.3f} | {info['peak_memory_mib']:.0f} | "
-        + " | ".join("n/a" if token[m] is None else f"{token[m]:.1f}" for m in METRICS) + " |",
+        f"| {info['seconds_per_edit']:.3f} | {info['peak_memory_mib']:.0f} | {score_cells(scores['token']['scores'])} |",
     ])
 
 

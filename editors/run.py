@@ -297,13 +297,16 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
 TABLE_HEADERS = ("Rel.", "T-Gen.", "I-Gen.", "T-Loc.", "I-Loc.", "Port.")
 
 
+def score_cells(scores: dict[str, float | None]) -> str:
+    """The six scores (the metric's ``scores``) as Markdown table cells, in the paper's order."""
+    return " | ".join("-" if scores[name] is None else f"{scores[name]:.1f}" for name in METRICS)
+
+
 def score_table(results: dict[str, dict[str, Any]], protocol: str) -> str:
     """A Markdown table like the paper's Table 3: one row per method, the six scores."""
     lines = [f"| method ({protocol}) | " + " | ".join(TABLE_HEADERS) + " |", "|---" * (len(TABLE_HEADERS) + 1) + "|"]
     for name, scores in results.items():
-        values = scores[protocol]["scores"]
-        cells = ["-" if values[c] is None else f"{values[c]:.1f}" for c in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {score_cells(scores[protocol]['scores'])} |")
     return "\n".join(lines)
 
 
