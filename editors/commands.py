@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from kebench_hf.constants import MODEL_DTYPES
+
 
 def _pretrain(args: argparse.Namespace) -> int:
     from editors.pretrain import PretrainConfig, pretrain
@@ -94,7 +96,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", help="split to edit (default: test)")
     parser.add_argument("--limit", type=int, help="edit only the first N cases")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    parser.add_argument("--dtype", choices=MODEL_DTYPES, help="model dtype (default float32)")
     parser.add_argument("--sequential", type=int, help="apply N edits without restoring, then score them all")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cases")
     parser.add_argument("--editor", help="trained editor directory (KE, SERAC, MEND)")
@@ -142,7 +144,7 @@ def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="KEBench directory or hub dataset repo (default: the default world)")
     parser.add_argument("--out", required=True, help="editor directory to write")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES)
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="editor setting (e.g. max_steps=200, layers=[-1]), repeatable")
     parser.set_defaults(func=_train_editor)
@@ -166,7 +168,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
                              "dimensions: a GPU shape) (default: tiny and deep-narrow)")
     parser.add_argument("--limit", type=int, default=10, help="test cases per measurement (default 10)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+    parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES,
                         help="model dtype; outside float32 the loops' score difference is reported, not checked")
     parser.set_defaults(func=_bench)
 

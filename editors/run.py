@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from editors.cases import METRICS, CaseError, CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, get_method, method_names
+from kebench_hf.constants import MODEL_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ PREDICTIONS_JSONL = "predictions.jsonl"
 PREDICTIONS_PARQUET = "predictions.parquet"
 SCORES = "scores.json"
 RUN_INFO = "run.json"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -170,8 +170,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
         raise ValueError(f"--sequential must be >= 1, got {settings.sequential}")
     if settings.sequential > 1 and not method.supports_sequential:
         raise ValueError(f"method {settings.method!r} does not support --sequential (it changes no weights)")
-    if settings.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {settings.dtype!r}; expected one of {DTYPES}")
+    if settings.dtype not in MODEL_DTYPES:
+        raise ValueError(f"unknown dtype {settings.dtype!r}; expected one of {MODEL_DTYPES}")
     check_device(settings.device)  # before building the default world or model
     out = Path(settings.out)
     jsonl = out / PREDICTIONS_JSONL

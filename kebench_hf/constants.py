@@ -22,3 +22,6 @@ DEFAULT_LICENSE = "apache-2.0"
 
 #: hub repository types that ``kebench push`` can create
 REPO_TYPES = ("dataset", "space", "model")
+
+#: model dtypes ``kebench run`` / ``train-editor`` / ``bench`` load a model in
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
