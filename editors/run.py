@@ -125,15 +125,19 @@ def _rewrite_jsonl(path: Path, records: dict[str, dict[str, Any]]) -> None:
     os.replace(partial, path)
 
 
+def _on_cuda(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_available()
+
+
 def peak_memory_mib(device: str) -> float:
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if _on_cuda(device):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def device_name(device: str) -> str:
     """The accelerator's name (e.g. ``NVIDIA H100 80GB HBM3``), else the CPU architecture."""
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if _on_cuda(device):
         return torch.cuda.get_device_name(torch.device(device))
     return platform.machine()
 
@@ -188,7 +192,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     model = str(settings.model) if settings.model else str(default_model())
 
     seed_everything(settings.seed)
-    if settings.device.startswith("cuda") and torch.cuda.is_available():
+    if _on_cuda(settings.device):
         torch.cuda.reset_peak_memory_stats()  # this run's peak, not the process's
     adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype))
     started = time.perf_counter()
