@@ -127,6 +127,10 @@ class World:
     images: dict[str, tuple[Image.Image, str]]
 
 
+#: the columns holding the paths of a case's edit, I-Generality and I-Locality images
+IMAGE_PATH_COLUMNS = ("image_path", "image_rephrase_path", "m_loc_path")
+
+
 def read_world(data_dir: str | Path) -> World:
     """The ``edit`` config's cases per split (images decoded) and the sibling ``kg/`` if present."""
     from kebench_hf.builder import load_kebench
@@ -147,10 +151,6 @@ def read_world(data_dir: str | Path) -> World:
     if kg is None:
         logger.info("no knowledge graph at %s: pretraining on the edit cases only", kg_dir)
     return World(cases, subjects, kg, images)
-
-
-#: the columns holding the paths of a case's edit, I-Generality and I-Locality images
-IMAGE_PATH_COLUMNS = ("image_path", "image_rephrase_path", "m_loc_path")
 
 
 def _entity(image_path: str) -> str:
