@@ -12,7 +12,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     from editors.pretrain import PretrainConfig, pretrain
 
     given = {name: getattr(args, name) for name in ("arch", "steps", "batch_size", "lr", "vision_steps", "seed")}
-    config = PretrainConfig(**{name: value for name, value in given.items() if value is not None})
+    config = PretrainConfig(**{name: value for name, value in given.items() if value is not None},
+                            check_abilities=not args.no_check)
+    if args.data is None:
+        from kebench_hf.world import default_world
+
+        args.data = default_world()
     summary = pretrain(args.data, args.out, config)
     print(json.dumps(summary, indent=2))
     print(f"saved to {args.out} (load with AutoModelForImageTextToText / AutoProcessor.from_pretrained)")
@@ -25,7 +30,7 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
         "pretrain", help="build a tiny LVLM of a real architecture and train it on a pre-edit KEBench world"
     )
     parser.add_argument("--arch", help="tiny architecture (default llava; an unknown name is answered with the list)")
-    parser.add_argument("--data", required=True, help="KEBench directory (release layout or exported dataset)")
+    parser.add_argument("--data", help="KEBench directory (release layout or exported dataset; default: the default world)")
     parser.add_argument("--out", required=True, help="model directory to write (resumes if a checkpoint is there)")
     parser.add_argument("--steps", type=int, help="optimisation steps (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="queries per step (default: the recipe's)")
@@ -33,6 +38,8 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--vision-steps", type=int,
                         help="steps of the first stage, training the vision side alone (default: the recipe's)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the check of the abilities the methods need (and the extra training it may ask for)")
     parser.set_defaults(func=_pretrain)
 
 

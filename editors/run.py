@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from editors.abilities import check_model
 from editors.cases import METRICS, CaseError, CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, get_method, method_names
@@ -65,13 +66,9 @@ class RunSettings:
 
 def default_world() -> Path:
     """The ``default`` world's release directory, generated once under the cache."""
-    from kebench_hf.paths import cache_dir
-    from kebench_hf.world import build_world
+    from kebench_hf.world import default_world as generated
 
-    directory = cache_dir() / "worlds" / "default"
-    if (directory / "kebench" / "eval.json").exists():
-        return directory / "kebench"
-    return build_world(directory, seed=0, scale="default")
+    return generated()
 
 
 def default_model() -> Path:
@@ -190,6 +187,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     except ValueError:
         train = _empty_split()
     model = str(settings.model) if settings.model else str(default_model())
+    logger.info(check_model(model, default=not settings.model))
 
     seed_everything(settings.seed)
     if _on_cuda(settings.device):

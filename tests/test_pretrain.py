@@ -25,7 +25,7 @@ from editors.tiny import build_tiny_model
 from kebench_hf.cli import main
 
 QUICK = PretrainConfig(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, ike_every=2, max_demonstrations=2,
-                       vision_steps=2)
+                       vision_steps=2, check_abilities=False)
 
 
 def test_pretraining_teaches_the_old_answers_not_the_new(tiny_llava: Path, tiny_world: Path, tmp_path: Path) -> None:
@@ -41,7 +41,8 @@ def test_pretraining_teaches_the_old_answers_not_the_new(tiny_llava: Path, tiny_
     old = [Query(case.src, case.pred, case.image) for case in world.cases["test"]]
     trained = answer_token_accuracy(load_adapter(tiny_llava), old)
     assert trained == pytest.approx(accuracy["reliability_old_answer"], abs=1e-3)
-    untrained = pretrain(tiny_world, tmp_path / "untrained", PretrainConfig(steps=0, vision_steps=0))
+    untrained = pretrain(tiny_world, tmp_path / "untrained", PretrainConfig(steps=0, vision_steps=0,
+                                                                                      check_abilities=False))
     assert untrained["accuracy"]["reliability_old_answer"] < 0.2 < trained
 
     # Trained with an end-of-answer token, greedy generation stops after the answer.
@@ -71,7 +72,6 @@ def test_the_mixture_holds_every_kind_of_pre_edit_knowledge(tiny_world: Path) ->
     assert all(fact.answer in mixture.answers for fact in facts)
     alts = {case.alt for case in world.cases["train"]}
     assert sum(fact.answer not in alts for fact in facts) >= 1
-    assert mixture.in_context(case, random.Random(0), 1)[0].answer == case.alt
 
 
 def test_a_shared_context_is_read_once_with_the_same_loss_and_gradients(tiny_llava: Path, tiny_world: Path,
@@ -117,12 +117,12 @@ def test_resume_after_a_crash_gives_the_same_model(tiny_world: Path, tmp_path: P
     monkeypatch.setattr(Mixture, "batch", recording)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_world, tmp_path / "resumed", QUICK)
-    assert (tmp_path / "resumed" / "pretrain-checkpoint.pt").exists()
+    assert (tmp_path / "resumed" / "pretrain-checkpoint.json").exists()
     steps_run.clear()
     crash_at.clear()
     pretrain(tiny_world, tmp_path / "resumed", QUICK)
     assert steps_run == list(range(QUICK.checkpoint_every, QUICK.steps))  # only the steps after the checkpoint
-    assert not (tmp_path / "resumed" / "pretrain-checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / "pretrain-checkpoint.json").exists()
     straight = load_adapter(tmp_path / "straight").model.state_dict()
     resumed = load_adapter(tmp_path / "resumed").model.state_dict()
     assert straight.keys() == resumed.keys()
@@ -132,7 +132,7 @@ def test_resume_after_a_crash_gives_the_same_model(tiny_world: Path, tmp_path: P
 def test_cli_pretrain(tiny_world: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "model"
     assert main(["pretrain", "--arch", "idefics3", "--data", str(tiny_world), "--out", str(out), "--steps", "2",
-                 "--batch-size", "4", "--vision-steps", "2"]) == 0
+                 "--batch-size", "4", "--vision-steps", "2", "--no-check"]) == 0
     assert "reliability_old_answer" in capsys.readouterr().out
     assert load_adapter(out).family == "idefics3"
     assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 1

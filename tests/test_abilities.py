@@ -1,0 +1,122 @@
+"""The abilities a pretrained model must have (``editors.abilities``), checked by pretraining, by
+``kebench run`` and on the default model shipped in the repository."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import editors.abilities
+import editors.pretrain
+from editors.abilities import ABILITIES, MissingAbilityError, check_model, shortfalls
+from editors.pretrain import RECIPE, SHIPPED_DEFAULT_MODEL, SUMMARY, PretrainConfig, default_model, pretrain
+from kebench_hf.world import world_fingerprint
+
+GOOD = {ability.key: ability.threshold + 0.01 for ability in ABILITIES}
+TINY_CHECKED = PretrainConfig(steps=4, batch_size=4, warmup_steps=1, ike_every=2, max_demonstrations=2, vision_steps=2,
+                              checkpoint_every=3, extension_steps=3, max_extensions=2)
+
+
+def test_shortfalls_name_each_missing_ability_with_its_figure() -> None:
+    assert shortfalls(GOOD) == []
+    weak = {**GOOD, "in_context_new_answer": 0.365}
+    (missing,) = shortfalls(weak)
+    assert missing.startswith("in_context_new_answer 0.365 < 0.85 (reads a new fact in context")
+    unmeasured = {key: value for key, value in GOOD.items() if key != "fact_alone_new_answer"}
+    assert shortfalls(unmeasured) == ["fact_alone_new_answer not measured (reads a new fact given alone in context "
+                                      "(SERAC's counterfactual input))"]
+
+
+def _model_with_record(directory: Path, accuracy: dict[str, float], **record: object) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SUMMARY).write_text(json.dumps({"recipe": RECIPE, "accuracy": accuracy, **record}))
+    return directory
+
+
+def test_run_refuses_a_default_model_without_an_ability_and_warns_about_a_users(tmp_path: Path, caplog) -> None:
+    weak = _model_with_record(tmp_path / "weak", {**GOOD, "fact_alone_new_answer": 0.2})
+    with pytest.raises(MissingAbilityError, match=r"fact_alone_new_answer 0\.200 < 0\.85.*--seed"):
+        check_model(weak, default=True)
+    with caplog.at_level(logging.WARNING, logger="editors.abilities"):
+        line = check_model(weak, default=False)
+    assert "fact_alone_new_answer 0.200" in caplog.text
+    assert line.startswith(f"model {weak}: reliability_old_answer 91.0%")
+    good = _model_with_record(tmp_path / "good", GOOD)
+    assert "in_context_new_answer 86.0%" in check_model(good, default=True)
+    assert "not measured" in check_model(tmp_path, default=False)
+
+
+def test_pretraining_trains_on_while_an_ability_is_short_then_stops_with_one_line(tiny_world: Path,
+                                                                                  tmp_path: Path) -> None:
+    # A few steps cannot teach anything: both extensions run, then it fails naming the abilities.
+    steps_run = []
+    original = editors.pretrain.training_loss
+
+    def counting(adapter, queries):
+        steps_run.append(len(queries))
+        return original(adapter, queries)
+
+    editors.pretrain.training_loss = counting
+    try:
+        with pytest.raises(MissingAbilityError) as failure:
+            pretrain(tiny_world, tmp_path / "weak", TINY_CHECKED)
+    finally:
+        editors.pretrain.training_loss = original
+    message = str(failure.value)
+    assert "\n" not in message and "after 2 extension(s)" in message and "reliability_old_answer" in message
+    assert len(steps_run) == TINY_CHECKED.steps + 2 * TINY_CHECKED.extension_steps
+    record = json.loads((tmp_path / "weak" / SUMMARY).read_text())
+    assert record["passed"] is False and record["extensions"] == 2
+    assert not list((tmp_path / "weak").glob("pretrain-checkpoint*"))
+
+
+def test_pretraining_that_has_the_abilities_trains_no_further(tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
+    lenient = tuple(replace(ability, threshold=0.0) for ability in ABILITIES)
+    monkeypatch.setattr(editors.abilities, "ABILITIES", lenient)
+    summary = pretrain(tiny_world, tmp_path / "model", TINY_CHECKED)
+    assert summary["passed"] is True and summary["extensions"] == 0
+    assert summary["data_fingerprint"] == world_fingerprint(tiny_world)
+    assert summary["machine"]["threads"] >= 1
+
+
+def test_the_default_model_is_the_shipped_one_for_its_world_and_refused_without_its_abilities(
+        tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("kebench_hf.world.default_world", lambda: tiny_world)
+    monkeypatch.setenv("KEBENCH_CACHE", str(tmp_path / "cache"))
+    shipped = _model_with_record(tmp_path / "shipped", GOOD, data_fingerprint=world_fingerprint(tiny_world))
+    monkeypatch.setattr(editors.pretrain, "SHIPPED_DEFAULT_MODEL", shipped)
+    assert default_model() == shipped
+    # A model made for another world is not used: the cache's (made for this one) is.
+    _model_with_record(shipped, GOOD, data_fingerprint="another world")
+    cached = _model_with_record(tmp_path / "cache" / "models" / "tiny-llava-default", GOOD,
+                                data_fingerprint=world_fingerprint(tiny_world))
+    assert default_model() == cached
+    _model_with_record(cached, {**GOOD, "in_context_new_answer": 0.3}, data_fingerprint=world_fingerprint(tiny_world))
+    with pytest.raises(MissingAbilityError, match="in_context_new_answer 0.300"):
+        default_model()
+
+
+def test_the_shipped_default_model_was_made_by_this_recipe_on_the_default_world() -> None:
+    from kebench_hf.world import default_world
+
+    record = json.loads((SHIPPED_DEFAULT_MODEL / SUMMARY).read_text())
+    assert record["recipe"] == RECIPE
+    assert record["data_fingerprint"] == world_fingerprint(default_world())
+    assert record["passed"] and shortfalls(record["accuracy"]) == []
+    assert record["config"]["seed"] == PretrainConfig().seed and record["machine"]["processor"]
+    assert (SHIPPED_DEFAULT_MODEL / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+@pytest.mark.skipif(os.environ.get("KEBENCH_SKIP_REBUILD") == "1", reason="KEBENCH_SKIP_REBUILD=1")
+def test_a_rebuilt_default_model_has_the_abilities(tmp_path: Path) -> None:
+    """The default recipe, run here from scratch (minutes), passes its own check: the shipped model
+    is not a lucky draw that this machine cannot make again."""
+    from kebench_hf.world import default_world
+
+    summary = pretrain(default_world(), tmp_path / "rebuilt", PretrainConfig())
+    assert summary["passed"] and shortfalls(summary["accuracy"]) == []
