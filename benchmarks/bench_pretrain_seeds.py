@@ -5,7 +5,7 @@ are needed for: IKE and SERAC Reliability on the first 20 test cases (token prot
 
     python benchmarks/bench_pretrain_seeds.py [--seeds 0 1 2 3 4] [--parallel 2] [--markdown FILE]
 
-Each run is its own process (its own peak memory; two 1-thread runs side by side on 2 cores); the
+Each run is its own process (its own peak memory; two runs side by side on 2 cores); the
 table gives per run each ability, the extra training the check asked for, IKE/SERAC Reliability,
 time and peak RSS, then min / median / max over the runs.
 """
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="1-thread runs side by side")
     parser.add_argument("--cases", type=int, default=20, help="test cases IKE and SERAC are scored on")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--out", type=Path, help="directory of the runs (default: a new temporary one); "
+                        "runs finished there are kept, interrupted ones resume")
     parser.add_argument("--one", nargs=3, metavar=("SEED", "THREADS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -93,29 +95,29 @@ def main() -> None:
         (out / "bench.json").write_text(json.dumps(result, indent=2))
         return
 
-    root = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
+    root = args.out or Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     started = time.perf_counter()
 
-    def launch(seed: int, threads: int) -> Path:
+    def launch(seed: int, threads: int) -> None:
         out = root / f"seed{seed}-threads{threads}"
-        out.mkdir()
+        if (out / "bench.json").exists():  # finished in an earlier invocation with this --out
+            return
+        out.mkdir(parents=True, exist_ok=True)  # an interrupted run resumes from its checkpoint
         command = [sys.executable, __file__, "--one", str(seed), str(threads), str(out), "--cases", str(args.cases)]
-        with (out / "log.txt").open("w") as log:
+        with (out / "log.txt").open("a") as log:
             done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
                                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         if done.returncode:
             print(f"run {out.name} failed (exit {done.returncode}); log: {out / 'log.txt'}", file=sys.stderr)
-        return out
 
-    # 1-thread runs side by side, then the first seed alone on 2 threads: same seed, other rounding
+    # the last run: the first seed again on 2 threads, i.e. the same training with other rounding
     runs = [(seed, 1) for seed in args.seeds] + [(args.seeds[0], 2)]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        list(pool.map(lambda seed: launch(seed, 1), args.seeds))
-    launch(args.seeds[0], 2)
+        list(pool.map(lambda run: launch(*run), runs))
     results = [json.loads((root / f"seed{s}-threads{t}" / "bench.json").read_text())
                for s, t in runs if (root / f"seed{s}-threads{t}" / "bench.json").exists()]
-    report = (f"{len(results)} of {len(runs)} runs; wall {time.perf_counter() - started:.0f} s; "
-              f"{args.parallel} 1-thread run(s) side by side\n\n{table(results)}")
+    report = (f"{len(results)} of {len(runs)} runs in {root}; wall {time.perf_counter() - started:.0f} s; "
+              f"{args.parallel} runs side by side\n\n{table(results)}")
     print(report)
     if args.markdown:
         args.markdown.write_text(report + "\n")
