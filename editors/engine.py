@@ -23,22 +23,24 @@ from typing import Any
 import torch
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
-from editors.cases import METRICS, CaseError, EditCase
+from editors.cases import CaseError, EditCase
 from editors.forward import Readout, TopLayers, model_logits, readouts
 from editors.methods.base import AppliedEdit, EditMethod
+from editors.queries import DEFAULT_CONFIG, config_metrics
+from editors.queries import case_queries as spec_queries
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How queries are scored. ``text_topk``/``image_topk``: ranks compared for T-/I-Locality."""
+    """How queries are scored; ``config``: the dataset config of the cases (it decides their queries,
+    see :mod:`editors.queries`)."""
 
     generate: bool = True
     max_new_tokens: int = 16
-    text_topk: int = 1
-    image_topk: int = 10
     seed: int = 0
+    config: str = DEFAULT_CONFIG
 
 
 @dataclass
@@ -85,11 +87,8 @@ class ScoredCase:
 
 def case_queries(case: EditCase, options: EngineOptions) -> tuple[list[tuple[str, int]], list[Query], list[int]]:
     """``(labels, queries, topk)`` of a case: ``(metric, hop)`` per query and the ranks it keeps."""
-    hops = iter(item.hop for item in case.portability)
-    listed = case.queries()
-    labels = [(metric, next(hops) if metric == "portability" else 0) for metric, _ in listed]
-    ranks = {"t_locality": options.text_topk, "i_locality": options.image_topk}
-    return labels, [query for _, query in listed], [ranks.get(metric, 0) for metric, _ in listed]
+    listed = spec_queries(case, options.config)
+    return [(spec.metric, hop) for spec, hop, _ in listed], [query for _, _, query in listed], [spec.topk for spec, _, _ in listed]
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -97,12 +96,12 @@ def case_seed(seed: int, case_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(case_id.encode())) % 2**31
 
 
-def failed_rows(case_id: str) -> list[dict[str, Any]]:
-    """The rows of a case that could not be scored: one per metric, with nothing predicted."""
+def failed_rows(case_id: str, config: str = DEFAULT_CONFIG) -> list[dict[str, Any]]:
+    """The rows of a case of ``config`` that could not be scored: one per metric, nothing predicted."""
     return [
         {"case_id": case_id, "metric": metric, "hop": 0, "target": [], "answer_span": [], "pre": [], "post": [],
          "answer": "", "pre_text": "", "post_text": "", "aliases": []}
-        for metric in METRICS
+        for metric in config_metrics(config)
     ]
 
 
@@ -139,7 +138,7 @@ class Engine:
     def _pre_edit(self, case_id: str, case: EditCase | CaseError) -> ScoredCase | CaseResult:
         if isinstance(case, CaseError):
             logger.warning("case %s failed: %s", case_id, case)
-            return CaseResult(case_id, failed_rows(case_id), str(case))
+            return CaseResult(case_id, failed_rows(case_id, self.options.config), str(case))
         labels, queries, topk = case_queries(case, self.options)
         try:
             encoded = self.adapter.encode(queries).to(self.adapter.device)
@@ -157,7 +156,7 @@ class Engine:
             pre_text = self._generate(queries, None)
         except (CaseError, ValueError) as error:
             logger.warning("case %s failed: %s", case_id, error)
-            return CaseResult(case_id, failed_rows(case_id), f"case {case_id}: {error}")
+            return CaseResult(case_id, failed_rows(case_id, self.options.config), f"case {case_id}: {error}")
         return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded, top)
 
     def _edit_group(self, group: list[ScoredCase]) -> Iterator[CaseResult]:
@@ -174,7 +173,7 @@ class Engine:
                 results.append(CaseResult(scored.case.case_id, scored.rows(post, post_text)))
         except (CaseError, ValueError) as error:
             logger.warning("edit of case(s) %s failed: %s", [s.case.case_id for s in group], error)
-            results = [CaseResult(s.case.case_id, failed_rows(s.case.case_id), str(error)) for s in group]
+            results = [CaseResult(s.case.case_id, failed_rows(s.case.case_id, self.options.config), str(error)) for s in group]
         finally:
             for edit in reversed(applied):
                 edit.restore()

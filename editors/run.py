@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editors.cases import METRICS, CaseError, CaseSequence, EditCase
+from editors.cases import CaseError, CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, get_method, method_names
+from editors.queries import DEFAULT_CONFIG, config_metrics, metric_titles
 from kebench_hf.constants import MODEL_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class RunSettings:
     out: Path
     model: str | None = None
     data: str | None = None
-    config: str = "edit"
+    config: str = DEFAULT_CONFIG
     split: str = "test"
     limit: int | None = None
     device: str = "cpu"
@@ -202,7 +203,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     done = finished_cases(jsonl)
     _rewrite_jsonl(jsonl, done)  # drops a torn line before appending
-    engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed))
+    engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed, config=settings.config))
     edit_seconds: list[float] = []
     progress = tqdm(total=len(rows), initial=len(done), desc=f"{settings.method}", unit="edit", disable=None)
     with jsonl.open("a") as sink:
@@ -298,19 +299,23 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
 
 
 # -- the main job -------------------------------------------------------------------------------
-TABLE_HEADERS = ("Rel.", "T-Gen.", "I-Gen.", "T-Loc.", "I-Loc.", "Port.")
+def table_columns(config: str = DEFAULT_CONFIG) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(scores, titles)`` of a table's columns: the scores of ``config``'s cases (:mod:`editors.queries`)."""
+    metrics = config_metrics(config)
+    return metrics, metric_titles(metrics)
 
 
-def score_cells(scores: dict[str, float | None]) -> str:
-    """The six scores (the metric's ``scores``) as Markdown table cells, in the paper's order."""
-    return " | ".join("-" if scores[name] is None else f"{scores[name]:.1f}" for name in METRICS)
+def score_cells(scores: dict[str, float | None], config: str = DEFAULT_CONFIG) -> str:
+    """The scores of ``config``'s cases (the metric's ``scores``) as Markdown table cells, in table order."""
+    return " | ".join("-" if scores[name] is None else f"{scores[name]:.1f}" for name in table_columns(config)[0])
 
 
-def score_table(results: dict[str, dict[str, Any]], protocol: str) -> str:
-    """A Markdown table like the paper's Table 3: one row per method, the six scores."""
-    lines = [f"| method ({protocol}) | " + " | ".join(TABLE_HEADERS) + " |", "|---" * (len(TABLE_HEADERS) + 1) + "|"]
+def score_table(results: dict[str, dict[str, Any]], protocol: str, config: str = DEFAULT_CONFIG) -> str:
+    """A Markdown table like the paper's Table 3: one row per method, the scores of ``config``'s cases."""
+    headers = table_columns(config)[1]
+    lines = [f"| method ({protocol}) | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
     for name, scores in results.items():
-        lines.append(f"| {name} | {score_cells(scores[protocol]['scores'])} |")
+        lines.append(f"| {name} | {score_cells(scores[protocol]['scores'], config)} |")
     return "\n".join(lines)
 
 
@@ -321,13 +326,14 @@ def plot_scores(results: dict[str, dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics, headers = table_columns()
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     width = 0.8 / max(1, len(results))
     for axis, protocol in zip(axes, ("token", "generate"), strict=True):
         for index, (name, scores) in enumerate(results.items()):
-            values = [scores[protocol]["scores"][c] or 0.0 for c in METRICS]
-            axis.bar(np.arange(len(METRICS)) + index * width, values, width, label=name)
-        axis.set_xticks(np.arange(len(METRICS)) + width * (len(results) - 1) / 2, TABLE_HEADERS)
+            values = [scores[protocol]["scores"][c] or 0.0 for c in metrics]
+            axis.bar(np.arange(len(metrics)) + index * width, values, width, label=name)
+        axis.set_xticks(np.arange(len(metrics)) + width * (len(results) - 1) / 2, headers)
         axis.set_title(f"{protocol} protocol")
         axis.set_ylim(0, 100)
     axes[0].set_ylabel("score (%)")
