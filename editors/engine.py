@@ -1,11 +1,16 @@
 """The evaluation loop: (adapter, method, cases) -> prediction rows in the metric's schema.
 
-Per group of cases (one case, or N with ``--sequential N``):
+Per group of cases (one case, or N with ``--sequential N``, our protocol):
 
-1. build each case's queries and encode them once (one batch per case);
+1. build each case's queries (:mod:`editors.queries`) and encode them once (one batch per case);
 2. pre-edit readouts and greedy answers on the base model, one batched forward per case;
 3. apply the edit(s), score every query of the case in one batched forward (+ generation);
 4. restore: the method copies back exactly the tensors it changed.
+
+A case with a one-hop edit (config ``edit_onehop``) gets both its edits before it is scored, as the
+reference's ``edit_onehop`` branch does. :meth:`Engine.run_gap` is the reference's sequential-gap
+protocol instead: every pre-edit output first, then edits accumulate, case i is scored after G
+further edits, and everything is restored only at the end.
 
 A case that cannot be built (missing field, image that fails to decode) or that the adapter refuses
 (e.g. an empty question) is written as *failed* rows, with empty ``pre``/``post`` and generations,
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,16 +140,53 @@ class Engine:
         if group:
             yield from self._edit_group(group)
 
+    def run_gap(self, cases: Sequence[tuple[str, EditCase | CaseError]], gap: int, scored: int) -> Iterator[CaseResult]:
+        """VLKEB's sequential-gap protocol (``test_sequential_editing.py``, ``multihop_and_sequential``).
+
+        The pre-edit outputs of the first ``scored`` cases are all taken on the unedited model first.
+        Then the edits of ``cases`` are applied one after the other and never undone during the run:
+        once edit ``s`` is applied (``s >= gap``), case ``s - gap`` is scored, so case ``i`` is scored
+        with edits ``0 .. i + gap`` in the model (its own and ``gap`` further ones). The run stops after
+        the last scored case; the ``gap`` cases after it are edited, never scored. All edits are
+        restored at the end (in reverse order: bit for bit).
+        """
+        if not self.method.supports_sequential:
+            raise ValueError(f"method {self.method.name!r} does not support sequential editing")
+        if gap < 0 or not 0 < scored <= len(cases) - gap:
+            raise ValueError(f"sequential gap {gap}: {len(cases)} cases cannot score {scored} cases (need scored + gap)")
+        # inputs are encoded again at scoring time: holding every case's encoding and captured
+        # activations for the whole run would grow with its length
+        waiting: deque[ScoredCase | CaseResult] = deque(
+            self._pre_edit(case_id, case, keep_inputs=False) for case_id, case in cases[:scored]
+        )
+        applied: list[AppliedEdit] = []
+        failed_edits: dict[str, str] = {}
+        try:
+            for step, (case_id, case) in enumerate(cases[: scored + gap]):
+                if not isinstance(case, CaseError):
+                    torch.manual_seed(case_seed(self.options.seed, case_id))
+                    try:
+                        applied += self._apply(case)
+                    except (CaseError, ValueError) as error:
+                        logger.warning("edit of case %s failed: %s", case_id, error)
+                        failed_edits[case_id] = str(error)
+                if step >= gap:
+                    yield self._score_after(waiting.popleft(), applied[-1] if applied else AppliedEdit(self.adapter),
+                                            failed_edits)
+        finally:
+            for edit in reversed(applied):
+                edit.restore()
+
     # -- steps --------------------------------------------------------------------------------
-    def _pre_edit(self, case_id: str, case: EditCase | CaseError) -> ScoredCase | CaseResult:
+    def _pre_edit(self, case_id: str, case: EditCase | CaseError, keep_inputs: bool = True) -> ScoredCase | CaseResult:
         if isinstance(case, CaseError):
             logger.warning("case %s failed: %s", case_id, case)
             return CaseResult(case_id, failed_rows(case_id, self.options.config), str(case))
-        labels, queries, topk = case_queries(case, self.options)
+        labels, queries, topk = case_queries(self.method.target_case(case), self.options)
         try:
             encoded = self.adapter.encode(queries).to(self.adapter.device)
             top = None
-            if self.first_edited_layer is not None:
+            if self.first_edited_layer is not None and keep_inputs:
                 # The edit leaves the layers below this one alone: run them once, reuse after the edit.
                 top = TopLayers(self.adapter, encoded, self.first_edited_layer)
                 logits, offset = top.initial_logits, 0
@@ -157,14 +200,34 @@ class Engine:
         except (CaseError, ValueError) as error:
             logger.warning("case %s failed: %s", case_id, error)
             return CaseResult(case_id, failed_rows(case_id, self.options.config), f"case {case_id}: {error}")
-        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded, top)
+        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded if keep_inputs else None, top)
+
+    def _apply(self, case: EditCase) -> list[AppliedEdit]:
+        """The case's edit, or with a one-hop edit both: the case's, then the second on the edited model."""
+        if not case.onehop:
+            return [self.method.apply(self.adapter, case)]
+        return self.method.apply_all(self.adapter, [case, case.second_edit(self.method.edits_through_image)])
+
+    def _score_after(self, scored: ScoredCase | CaseResult, edit: AppliedEdit, failed_edits: dict[str, str]) -> CaseResult:
+        """A gap-protocol case scored through ``edit`` (the cumulative state), or its failure."""
+        if isinstance(scored, CaseResult):
+            return scored
+        case_id = scored.case.case_id
+        try:
+            if case_id in failed_edits:
+                raise ValueError(failed_edits[case_id])
+            post = edit.score(scored.queries, scored.topk)
+            return CaseResult(case_id, scored.rows(post, self._generate(scored.queries, edit)))
+        except (CaseError, ValueError) as error:
+            logger.warning("case %s failed: %s", case_id, error)
+            return CaseResult(case_id, failed_rows(case_id, self.options.config), str(error))
 
     def _edit_group(self, group: list[ScoredCase]) -> Iterator[CaseResult]:
         applied: list[AppliedEdit] = []
         try:
             for scored in group:
                 torch.manual_seed(case_seed(self.options.seed, scored.case.case_id))
-                applied.append(self.method.apply(self.adapter, scored.case))
+                applied += self._apply(scored.case)
             last = applied[-1]  # sequential: the last edit sees the cumulative state
             results = []
             for scored in group:

@@ -219,3 +219,12 @@ def test_kebench_run_uses_a_trained_editor_sequentially(name, tiny_llava, tiny_w
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["method_info"]["editor_dir"] == str(editors[name])
     assert info["method_info"]["training"]["steps"] == SETTINGS[name]["max_steps"]
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_edit_onehop_makes_both_edits_and_restores(name, llava, editors, splits, tiny_world):
+    from tests.test_protocols import check_onehop_run
+
+    method = loaded(name, llava, editors[name], splits[0])
+    check_onehop_run(method, llava, CaseSequence(load_kebench(tiny_world, "edit_onehop")["test"]))
+    assert getattr(method, "memory", []) == []
