@@ -206,7 +206,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
         # the gap protocol edits G more cases than it scores
         rows = rows.select(range(min(settings.limit + (gap or 0), len(rows))))
     scored = len(rows) if gap is None else min(settings.limit or len(rows), len(rows) - gap)
-    if scored < 1:
+    if gap is not None and scored < 1:
         raise ValueError(f"--sequential-gap {gap} needs more than {gap} cases; the split has {len(rows)}")
     try:
         train = load_split(data, "edit", "train")

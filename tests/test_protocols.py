@@ -213,3 +213,6 @@ def test_lifelong_runs_each_gap_and_writes_table_curves_and_protocol(tiny_llava,
         runs.run(RunSettings(method="ft-llm", out=tmp_path / "x", sequential_gap=1, resume=True))
     with pytest.raises(ValueError, match="does not support --sequential-gap"):
         runs.run(RunSettings(method="ike", out=tmp_path / "x", sequential_gap=1))
+    with pytest.raises(ValueError, match="--sequential-gap 18 needs more than 18 cases; the split has 18"):
+        runs.run(RunSettings(method="ft-llm", out=tmp_path / "x", model=str(tiny_llava), data=str(tiny_world),
+                             sequential_gap=18))
