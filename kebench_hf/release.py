@@ -29,7 +29,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGES_DIRNAME = "mmkb_images"
 RELEASE_FILES = tuple(dict.fromkeys(name for splits in CONFIGS.values() for name in splits.values()))
 
-_HOP = re.compile(r"(\d+)-hop")
+# ASCII digits only: str.isdigit-style Unicode digits ("\u0663-hop") are not the release's
+_HOP = re.compile(r"([0-9]+)-hop")
+#: the hop column is int32
+_MAX_HOP = 2**31 - 1
 _ONEHOP_KEYS = {"port_edit_q": "edit_question", "port_edit_a": "edit_answer", "port_q": "question", "port_a": "answer"}
 _VERIFIED_CACHE_SIZE = 4096
 
@@ -128,8 +131,12 @@ class ImagesRoot:
         if normalized == ".." or normalized.startswith("../"):
             raise ImageProblem("image path escapes images root", f"image path {relative!r} leaves the images root")
         path = self.root / normalized
-        if not path.is_file():
-            raise ImageProblem("missing image", f"image {relative!r} does not exist under {self.root}")
+        try:
+            exists = path.is_file()
+        except OSError as error:  # a name too long for the file system, say
+            raise ImageProblem("missing image", f"image {relative!r:.120} cannot be looked up: {error.strerror}") from None
+        if not exists:
+            raise ImageProblem("missing image", f"image {relative!r:.120} does not exist under {self.root}")
         return path
 
     def check(self, relative: str) -> Path:
@@ -177,6 +184,8 @@ def load_records(path: str | os.PathLike) -> list:
         records = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ReleaseFormatError(path.name, f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise ReleaseFormatError(path.name, "not valid JSON: nested too deeply") from None
     if not isinstance(records, list):
         raise ReleaseFormatError(path.name, f"expected a JSON list of records, got a JSON {type(records).__name__}")
     if not records:
@@ -254,6 +263,11 @@ class ReleaseFile:
         if not isinstance(value, str):
             raise self._error(index, label, f"expected a string, got {type(value).__name__} {value!r:.60}",
                               "wrong type")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate ("\ud800" in the JSON) has no UTF-8 form
+            raise self._error(index, label, f"not valid Unicode: {error.reason} at position {error.start}",
+                              "wrong type") from None
         return value
 
     def _port_items(self, record: dict, index: int, required: bool) -> list:
@@ -282,9 +296,10 @@ class ReleaseFile:
             label = f"port_new[{position}]"
             port_type = self._port_string(item, index, "port_type", f"{label}.port_type")
             hop = _HOP.fullmatch(port_type)
-            if hop is None:
-                raise self._error(index, f"{label}.port_type", f"expected 'k-hop', got {port_type!r}",
-                                  "malformed port_new")
+            # the length test first: int() refuses strings of thousands of digits with its own ValueError
+            if hop is None or len(hop.group(1)) > len(str(_MAX_HOP)) or int(hop.group(1)) > _MAX_HOP:
+                raise self._error(index, f"{label}.port_type", f"expected 'k-hop' (k at most {_MAX_HOP}), "
+                                  f"got {port_type!r:.60}", "malformed port_new")
             qa = item.get("Q&A")
             if not isinstance(qa, dict):
                 problem = "missing field" if qa is None else f"expected an object, got {type(qa).__name__}"

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 import metric
 from kebench_hf.hub import check_repo_id, push_folder
-from metric.kebench import METRICS, PREDICTION_SCHEMA, to_table
+from metric.kebench import PREDICTION_SCHEMA, SCORES, to_table
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +76,18 @@ def _read_jsonl(path: Path) -> pa.Table | list[dict]:
 
 
 def format_table(result: dict) -> str:
-    """One protocol's scores as an aligned text table."""
-    lines = [f"protocol: {result['protocol']}", f"{'metric':<28}{'score':>8}  {'95% CI':<17}{'cases':>7}{'skipped':>9}"]
+    """One protocol's scores as an aligned text table, headed by what produced them."""
+    lines = [
+        f"protocol: {result['protocol']}  preset: {result['preset']}  average: {result['average']}",
+        f"{'metric':<28}{'score':>8}  {'95% CI':<17}{'cases':>7}{'skipped':>9}",
+    ]
 
     def line(name: str, score: float | None, ci: list | None, cases: object = "", skipped: object = "") -> str:
         shown = "-" if score is None else f"{score:.2f}"
         interval = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
         return f"{name:<28}{shown:>8}  {interval:<17}{cases!s:>7}{skipped!s:>9}".rstrip()
 
-    for name in METRICS:
+    for name in SCORES:
         lines.append(line(name, result["scores"][name], result["ci95"][name], result["counts"][name], result["skipped"][name]))
     for hop, score in result["portability_by_hop"].items():
         lines.append(line(f"  portability {hop}-hop", score, None))

@@ -14,17 +14,23 @@ BOTH_PROTOCOLS = "both"
 
 def _score(args: argparse.Namespace) -> int:
     from kebench_hf.scoring import format_table, read_predictions
-    from metric.kebench import PROTOCOLS, score_predictions
+    from metric.kebench import AVERAGES, PRESETS, PROTOCOLS, score_predictions
 
-    # The parser cannot list the protocols without importing the metric; reject a bad one before
+    # The parser cannot list the choices without importing the metric; reject a bad one before
     # reading a possibly large file.
-    choices = (*PROTOCOLS, BOTH_PROTOCOLS)
-    if args.protocol not in choices:
-        raise ValueError(f"unknown protocol {args.protocol!r}; expected one of {choices}")
-    table = read_predictions(args.predictions)
+    for option, value, choices in (
+        ("protocol", args.protocol, (*PROTOCOLS, BOTH_PROTOCOLS)),
+        ("average", args.average, AVERAGES),
+        ("preset", args.preset, PRESETS),
+    ):
+        if value not in choices:
+            raise ValueError(f"unknown {option} {value!r}; expected one of {choices}")
     protocols = PROTOCOLS if args.protocol == BOTH_PROTOCOLS else (args.protocol,)
+    table = read_predictions(args.predictions)
     results = {
-        protocol: score_predictions(table, protocol=protocol, bootstrap=args.bootstrap, seed=args.seed)
+        protocol: score_predictions(
+            table, protocol=protocol, bootstrap=args.bootstrap, seed=args.seed, average=args.average, preset=args.preset
+        )
         for protocol in protocols
     }
     if args.json:
@@ -52,6 +58,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default="token",
         help=f"the metric's scoring protocol, or {BOTH_PROTOCOLS!r} for each of them (default: token; an unknown "
         "name is answered with the list)",
+    )
+    score.add_argument(
+        "--average",
+        default="case",
+        help="'case': mean over cases (default); 'token': micro mean over answer tokens, as the reference's KE "
+        "evaluation (token protocol only)",
+    )
+    score.add_argument(
+        "--preset",
+        default="kebench",
+        help="the preset the predictions were made under (kebench or vlkeb), recorded in the output (default: kebench)",
     )
     score.add_argument("--json", action="store_true", help="print the metric's output as JSON")
     score.add_argument(

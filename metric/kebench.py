@@ -22,11 +22,32 @@ import pyarrow.compute as pc
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability", "edit_onehop")
-#: metrics scored against the answer (the others compare post-edit with pre-edit outputs)
-TARGET_METRICS = ("reliability", "t_generality", "i_generality", "portability", "edit_onehop")
+#: the paper's six metrics, which every edit case of the ``edit`` config is scored on
+METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
+#: edit-one-hop portability: edited src -> alt on the image, then the text-only ``port_edit_q`` ->
+#: ``port_edit_a``, asked ``port_q`` expecting ``port_a`` (the release's ``eval_edit_onehop.json``)
+EDIT_ONEHOP = "edit_onehop"
+#: every score this metric reports (a row's ``metric`` is one of them), in table order
+SCORES = (*METRICS, EDIT_ONEHOP)
+#: how tables, plots and the leaderboard title each score
+DISPLAY_NAMES = {
+    "reliability": "Reliability",
+    "t_generality": "T-Generality",
+    "i_generality": "I-Generality",
+    "t_locality": "T-Locality",
+    "i_locality": "I-Locality",
+    "portability": "Portability",
+    EDIT_ONEHOP: "Edit-1-hop Port.",
+}
+#: scores judged against the answer (the others compare post-edit with pre-edit outputs)
+TARGET_METRICS = ("reliability", "t_generality", "i_generality", "portability", EDIT_ONEHOP)
 LOCALITY_METRICS = ("t_locality", "i_locality")
 PROTOCOLS = ("token", "generate")
+#: "case": mean over cases of each case's accuracy; "token": micro mean over every answer token (locality:
+#: every compared id) of the metric's rows, as the reference's KE evaluation accumulates its accuracy
+AVERAGES = ("case", "token")
+#: how the queries behind the predictions were built (the engine's presets); recorded, never mixed
+PRESETS = ("kebench", "vlkeb")
 
 #: one row per query: the interface between the editors (who write it) and this metric
 PREDICTION_FEATURES = datasets.Features(
@@ -59,15 +80,16 @@ _CITATION = """\
 _DESCRIPTION = """\
 KEBench (VLKEB) scores knowledge editing of vision-language models on six metrics, each a mean over
 edit cases in percent: Reliability, T-Generality, I-Generality, T-Locality, I-Locality, Portability
-(also per hop), with bootstrap 95% confidence intervals. Two protocols: `token` (teacher-forced
-top-k agreement, the reference code's numbers) and `generate` (normalized exact match of greedy
-generations, stricter).
+(also per hop), plus edit-one-hop portability, with bootstrap 95% confidence intervals. Two
+protocols: `token` (teacher-forced top-k agreement; the reference code's answer-token accuracy
+formula) and `generate` (normalized exact match of greedy generations, stricter).
 """
 
 _KWARGS_DESCRIPTION = """
 Args (one list entry per query row; the columns of a KEBench predictions file):
     case_id (`list[str]`): edit case of the row.
-    metric (`list[str]`): one of reliability, t_generality, i_generality, t_locality, i_locality, portability.
+    metric (`list[str]`): one of reliability, t_generality, i_generality, t_locality, i_locality, portability,
+        edit_onehop.
     hop (`list[int]`): 0, or the hop of a portability row.
     target (`list[list[int]]`): answer token ids.
     answer_span (`list[list[int]]`): locality rows: `[start, end)` positions predicting the answer; else `[]`.
@@ -77,12 +99,15 @@ Args (one list entry per query row; the columns of a KEBench predictions file):
     pre_text (`list[str]`), post_text (`list[str]`): greedy generations, `""` when not generated.
     aliases (`list[list[str]]`): other accepted answers.
     protocol (`str`): "token" (default) or "generate".
+    average (`str`): "case" (default: mean over cases) or "token" (micro mean over answer tokens; token protocol).
+    preset (`str`): "kebench" (default) or "vlkeb": how the predictions' queries were built, recorded in the output.
     bootstrap (`int`): bootstrap resamples for the 95% intervals (default 1000; 0 = none).
     seed (`int`): bootstrap seed (default 0).
 Returns:
-    protocol, scores {metric: 0-100 or None}, ci95 {metric: [lo, hi] or None}, counts {metric: cases},
-    skipped {metric: rows without a prediction for the protocol}, portability_by_hop {"1": ...},
-    locality_answer_only {"t_locality": ..., "i_locality": ...} (token protocol; None under generate).
+    protocol, preset, average, scores {score: 0-100 or None}, ci95 {score: [lo, hi] or None},
+    counts {score: cases}, skipped {score: rows without a prediction for the protocol},
+    portability_by_hop {"1": ...}, locality_answer_only {"t_locality": ..., "i_locality": ...}
+    (token protocol; None under generate). The scores are the six metrics and edit_onehop.
 Examples:
     >>> kebench = evaluate.load("metric/kebench.py")
     >>> kebench.compute(case_id=["c0"], metric=["reliability"], hop=[0], target=[[5, 6]],
@@ -144,6 +169,37 @@ def _first_null_row(array: pa.Array) -> int | None:
     return None
 
 
+#: what ``pa.array`` raises on a Python value it cannot hold: a wrong mix, an int beyond 64 bits, a lone surrogate
+_UNCONVERTIBLE = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError)
+
+
+def _cast(name: str, array: pa.Array, data_type: pa.DataType) -> pa.Array:
+    """``array`` cast to ``data_type``; a value out of range (an id of 2**63, a hop past int32) is an
+    error naming its row."""
+    try:
+        return array.cast(data_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        levels = [array]
+        while pa.types.is_list(levels[-1].type) or pa.types.is_large_list(levels[-1].type):
+            levels.append(levels[-1].flatten())
+            data_type = data_type.value_type
+        leaf = levels[-1]
+        # a cast fails for the whole array at once: bisect the flat values (a sliced list array would
+        # still cast all of its children) for the first that does not fit
+        low, high = 0, len(leaf)
+        while high - low > 1:
+            middle = (low + high) // 2
+            try:
+                leaf.slice(low, middle - low).cast(data_type)
+                low = middle
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                high = middle
+        row = low
+        for level in reversed(levels[:-1]):
+            row = int(np.searchsorted(_offsets(level), row, side="right") - 1)
+        raise _where(row, name, f"{leaf[low].as_py()!r:.80} does not fit {data_type} ({error})") from None
+
+
 def _python_column(name: str, values: Sequence[Any]) -> pa.Array:
     """Arrow array of a Python column, typed by inference and never coerced: ``pa.array`` given a
     target type would silently truncate 1.5 to 1."""
@@ -151,18 +207,30 @@ def _python_column(name: str, values: Sequence[Any]) -> pa.Array:
     values = [value.tolist() if isinstance(value, np.ndarray) else value for value in values]
     try:
         array = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except _UNCONVERTIBLE:
         array = None
     if array is not None and _kind_matches(array.type, expected):
         return array
     for row, value in enumerate(values):
         try:
-            row_type = pa.array([value]).type
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            row_array = pa.array([value])
+        except _UNCONVERTIBLE as error:
             raise _where(row, name, f"expected {_describe(expected)}, got {value!r:.80} ({error})") from None
-        if not _kind_matches(row_type, expected):
+        if not _kind_matches(row_array.type, expected):
             raise _where(row, name, f"expected {_describe(expected)}, got {value!r:.80}")
     raise _column_error(name, f"expected {_describe(expected)}: rows mix types")
+
+
+def _column_values(name: str, values: Any) -> Any:
+    """A column given as a mapping's value: an Arrow array, or a sequence with one value per row."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if values is None:
+        raise _column_error(name, "missing (None)")
+    zero_dimensional = isinstance(values, np.ndarray) and values.ndim == 0
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (Sequence, np.ndarray)) or zero_dimensional:
+        raise _column_error(name, f"expected a list with one value per row, got {type(values).__name__} {values!r:.80}")
+    return values
 
 
 def _single_chunk(array: pa.ChunkedArray) -> pa.Array:
@@ -192,7 +260,7 @@ def to_table(data: Any) -> pa.Table:
     if isinstance(data, pa.Table):
         columns = {name: data.column(name) for name in data.column_names}
     elif isinstance(data, Mapping):
-        columns = dict(data)
+        columns = {name: _column_values(name, values) for name, values in data.items() if name in PREDICTION_SCHEMA.names}
     elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         columns = {}
         for row, record in enumerate(data):
@@ -225,10 +293,7 @@ def to_table(data: Any) -> pa.Table:
         null_row = _first_null_row(array)
         if null_row is not None:
             raise _where(null_row, field.name, "missing value (null/None)")
-        try:
-            arrays.append(array.cast(field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise _column_error(field.name, f"cannot be read as {field.type}: {error}") from None
+        arrays.append(_cast(field.name, array, field.type))
     return pa.Table.from_arrays(arrays, schema=PREDICTION_SCHEMA)
 
 
@@ -243,13 +308,13 @@ class _Rows:
     def __init__(self, table: pa.Table):
         self.table = table
         self.n = table.num_rows
-        metric_code = pc.index_in(table.column("metric"), value_set=pa.array(METRICS))
-        unknown = metric_code.is_null().to_numpy()
+        metric_code = pc.index_in(table.column("metric"), value_set=pa.array(SCORES))
+        unknown = metric_code.is_null().to_numpy(zero_copy_only=False)
         if unknown.any():
             row = int(np.argmax(unknown))
-            raise _where(row, "metric", f"unknown metric {table.column('metric')[row].as_py()!r}; expected one of {METRICS}")
+            raise _where(row, "metric", f"unknown metric {table.column('metric')[row].as_py()!r}; expected one of {SCORES}")
         self.metric = metric_code.to_numpy().astype(np.int64)
-        self.is_locality = np.isin(self.metric, [METRICS.index(name) for name in LOCALITY_METRICS])
+        self.is_locality = np.isin(self.metric, [SCORES.index(name) for name in LOCALITY_METRICS])
         self.case = np.asarray(pc.dictionary_encode(_single_chunk(table.column("case_id"))).indices, dtype=np.int64)
         self.hop = table.column("hop").to_numpy().astype(np.int64)
 
@@ -307,9 +372,15 @@ class _Rows:
             lambda row: f"{self.positions[row]} positions but target has {target_length[row]} tokens",
         )
         span_length = np.diff(self.span_offsets)
-        scored_locality = self.is_locality & self.scored_token
         self.first_bad(
-            scored_locality & (span_length != 2),
+            ~self.is_locality & (span_length > 0),
+            "answer_span",
+            lambda row: f"only locality rows have an answer span; a {SCORES[self.metric[row]]} row has {span_length[row]} values",
+        )
+        # a scored locality row needs its span; a failed one (no positions) may have none
+        needs_span = self.is_locality & (self.scored_token | (span_length > 0))
+        self.first_bad(
+            needs_span & (span_length != 2),
             "answer_span",
             lambda row: f"a locality row needs [start, end), got {span_length[row]} values",
         )
@@ -319,7 +390,7 @@ class _Rows:
         start[has_span] = self.span[self.span_offsets[:-1][has_span]]
         end[has_span] = self.span[self.span_offsets[:-1][has_span] + 1]
         self.first_bad(
-            scored_locality & ~((start >= 0) & (start < end) & (end <= self.positions)),
+            needs_span & ~((start >= 0) & (start < end) & (end <= self.positions)),
             "answer_span",
             lambda row: f"[{start[row]}, {end[row]}) is not a non-empty range within the {self.positions[row]} positions",
         )
@@ -327,16 +398,18 @@ class _Rows:
 
     def _check_hops(self) -> None:
         self.first_bad(self.hop < 0, "hop", lambda row: f"hop must be >= 0, got {self.hop[row]}")
-        portability = self.metric == METRICS.index("portability")
+        portability = self.metric == SCORES.index("portability")
         self.first_bad(
             ~portability & (self.hop != 0),
             "hop",
-            lambda row: f"only portability rows have a hop; a {METRICS[self.metric[row]]} row has hop {self.hop[row]}",
+            lambda row: f"only portability rows have a hop; a {SCORES[self.metric[row]]} row has hop {self.hop[row]}",
         )
 
     def check_duplicates(self) -> None:
         """Identical rows would double-weight a query, so they are an error naming both rows."""
-        key = (self.case * len(METRICS) + self.metric) * (int(self.hop.max()) + 1) + self.hop
+        # hops by rank, not value, so that the key stays far from int64 overflow whatever the hops are
+        _, hop_rank = np.unique(self.hop, return_inverse=True)
+        key = (self.case * len(SCORES) + self.metric) * (int(hop_rank.max()) + 1) + hop_rank
         _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
         candidates = np.flatnonzero(counts[inverse] > 1)
         seen: dict[str, int] = {}
@@ -351,8 +424,9 @@ class _Rows:
             seen[content] = int(row)
 
 
-def _token_row_scores(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row token-protocol score and answer-only locality score (NaN where not applicable)."""
+def _token_row_scores(rows: _Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, under the token protocol: (hits, compared) of the score and of the answer-only
+    locality. A row's accuracy is hits / compared; ``compared == 0`` means not scored."""
     matches = (rows.pre == rows.post).view(np.uint8)
     position_starts = rows.entry_offsets[:-1]
     position_matches = matches[:0]
@@ -364,26 +438,26 @@ def _token_row_scores(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
     entries_before = rows.entry_offsets
     first, last = rows.position_offsets[:-1], rows.position_offsets[1:]
 
-    score = np.full(rows.n, np.nan)
-    answer_only = np.full(rows.n, np.nan)
-    locality = rows.is_locality & rows.scored_token
-    score[locality] = (matched_before[last] - matched_before[first])[locality] / (
-        entries_before[last] - entries_before[first]
-    )[locality]
-    span_first, span_last = first + rows.span_start, first + rows.span_end
-    answer_only[locality] = (matched_before[span_last] - matched_before[span_first])[locality] / (
-        entries_before[span_last] - entries_before[span_first]
-    )[locality]
+    hits, compared = np.zeros(rows.n), np.zeros(rows.n)
+    answer_hits, answer_compared = np.zeros(rows.n), np.zeros(rows.n)
+    locality = np.flatnonzero(rows.is_locality & rows.scored_token)
+    row_first, row_last = first[locality], last[locality]
+    hits[locality] = matched_before[row_last] - matched_before[row_first]
+    compared[locality] = entries_before[row_last] - entries_before[row_first]
+    span_first, span_last = row_first + rows.span_start[locality], row_first + rows.span_end[locality]
+    answer_hits[locality] = matched_before[span_last] - matched_before[span_first]
+    answer_compared[locality] = entries_before[span_last] - entries_before[span_first]
 
     targeted = ~rows.is_locality & rows.scored_token
     position_row = np.repeat(np.arange(rows.n), rows.positions)
     target_row = np.repeat(np.arange(rows.n), np.diff(rows.target_offsets))
     # lengths agree row by row (checked), so the selected positions and target tokens line up
     top1 = rows.post[position_starts][targeted[position_row]]
-    hits = top1 == rows.target[targeted[target_row]]
-    hit_count = np.bincount(position_row[targeted[position_row]], weights=hits, minlength=rows.n)
-    score[targeted] = hit_count[targeted] / rows.positions[targeted]
-    return score, answer_only
+    correct = top1 == rows.target[targeted[target_row]]
+    hit_count = np.bincount(position_row[targeted[position_row]], weights=correct, minlength=rows.n)
+    hits[targeted] = hit_count[targeted]
+    compared[targeted] = rows.positions[targeted]
+    return hits, compared, answer_hits, answer_compared
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -397,90 +471,126 @@ def normalize_answer(text: str) -> str:
 
 
 def _generate_row_scores(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, under the generate protocol: (hit, compared), each 0 or 1; ``compared == 0``: not generated."""
     table = rows.table
     answers = table.column("answer").to_pylist()
     pre_texts = table.column("pre_text").to_pylist()
     post_texts = table.column("post_text").to_pylist()
     aliases = table.column("aliases").to_pylist()
-    score = np.full(rows.n, np.nan)
+    hits, compared = np.zeros(rows.n), np.zeros(rows.n)
     for row in range(rows.n):
         post = post_texts[row]
         if rows.is_locality[row]:
             if post and pre_texts[row]:
-                score[row] = normalize_answer(post) == normalize_answer(pre_texts[row])
+                hits[row], compared[row] = normalize_answer(post) == normalize_answer(pre_texts[row]), 1
         elif post:
             expected = {normalize_answer(text) for text in [answers[row], *aliases[row]]}
             if not normalize_answer(answers[row]):
                 raise _where(row, "answer", f"{answers[row]!r} is empty after normalization")
-            score[row] = normalize_answer(post) in expected
-    return score, np.full(rows.n, np.nan)
+            hits[row], compared[row] = normalize_answer(post) in expected, 1
+    return hits, compared
 
 
-def _case_means(rows: _Rows, row_score: np.ndarray, selected: np.ndarray) -> np.ndarray:
-    """Mean of each case's selected rows (cases with no selected scored row left out)."""
-    selected = selected & ~np.isnan(row_score)
+def _case_totals(
+    rows: _Rows, hits: np.ndarray, compared: np.ndarray, selected: np.ndarray, average: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(numerator, denominator) per case of the selected scored rows, so that a score is
+    ``numerator.sum() / denominator.sum()``: a case's mean accuracy over 1 under ``average="case"``,
+    its hits over its compared tokens under ``"token"``. Cases without a scored row are left out."""
+    selected = selected & (compared > 0)
     _, case = np.unique(rows.case[selected], return_inverse=True)
-    return np.bincount(case, weights=row_score[selected]) / np.bincount(case)
+    if average == "token":
+        return np.bincount(case, weights=hits[selected]), np.bincount(case, weights=compared[selected])
+    rows_per_case = np.bincount(case)
+    case_means = np.bincount(case, weights=hits[selected] / compared[selected]) / rows_per_case
+    return case_means, np.ones(len(case_means))
 
 
-def _bootstrap_ci(case_scores: np.ndarray, resamples: int, rng: np.random.Generator) -> list[float]:
-    """Percentile 95% interval of the mean over cases resampled with replacement."""
-    n = len(case_scores)
+def _percent(numerator: np.ndarray, denominator: np.ndarray) -> float | None:
+    return float(numerator.sum() / denominator.sum() * 100) if len(numerator) else None
+
+
+def _bootstrap_ci(
+    numerator: np.ndarray, denominator: np.ndarray, resamples: int, rng: np.random.Generator
+) -> list[float]:
+    """Percentile 95% interval of the score over cases resampled with replacement."""
+    n = len(numerator)
     means = np.empty(resamples)
     block = max(1, 4_000_000 // n)
     for start in range(0, resamples, block):
         size = min(block, resamples - start)
-        means[start : start + size] = case_scores[rng.integers(0, n, size=(size, n))].mean(axis=1)
+        drawn = rng.integers(0, n, size=(size, n))
+        means[start : start + size] = numerator[drawn].sum(axis=1) / denominator[drawn].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5]) * 100
     return [float(low), float(high)]
 
 
-def score_predictions(data: Any, protocol: str = "token", bootstrap: int = 1000, seed: int = 0) -> dict:
-    """The six KEBench scores (percent) of a predictions table; see the metric card for the formulas.
+def score_predictions(
+    data: Any,
+    protocol: str = "token",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    *,
+    average: str = "case",
+    preset: str = "kebench",
+) -> dict:
+    """The KEBench scores (percent) of a predictions table; see the metric card for the formulas.
 
-    ``data``: anything :func:`to_table` accepts. Raises ``ValueError`` naming row and column on bad
-    input. Returns ``{"protocol", "scores", "ci95", "counts", "skipped", "portability_by_hop",
-    "locality_answer_only"}``; a metric without scored rows is ``None``, never 0.
+    ``data``: anything :func:`to_table` accepts. ``average``: ``"case"`` (mean over cases of each
+    case's accuracy) or ``"token"`` (micro mean over the answer tokens, or compared ids of locality
+    rows, of all rows; token protocol only). ``preset``: how the predictions' queries were built, one of
+    :data:`PRESETS`, recorded in the output. Raises ``ValueError`` naming row and column on bad input.
+    Returns ``{"protocol", "preset", "average", "scores", "ci95", "counts", "skipped",
+    "portability_by_hop", "locality_answer_only"}`` keyed by :data:`SCORES`; a score without scored
+    rows is ``None``, never 0.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+    if average not in AVERAGES:
+        raise ValueError(f"unknown average {average!r}; expected one of {AVERAGES}")
+    if average == "token" and protocol != "token":
+        raise ValueError(f"average 'token' counts answer tokens, which only the token protocol scores; got {protocol!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
         raise ValueError(f"bootstrap must be a non-negative number of resamples, got {bootstrap!r}")
     rows = _Rows(to_table(data))
     rows.check_duplicates()
-    row_score, answer_only = _token_row_scores(rows) if protocol == "token" else _generate_row_scores(rows)
+    if protocol == "token":
+        hits, compared, answer_hits, answer_compared = _token_row_scores(rows)
+    else:
+        hits, compared = _generate_row_scores(rows)
+        answer_hits = answer_compared = np.zeros(rows.n)
 
-    result: dict[str, Any] = {"protocol": protocol, "scores": {}, "ci95": {}, "counts": {}, "skipped": {}}
-    for index, name in enumerate(METRICS):
+    result: dict[str, Any] = {
+        "protocol": protocol, "preset": preset, "average": average, "scores": {}, "ci95": {}, "counts": {}, "skipped": {}
+    }
+    for index, name in enumerate(SCORES):
         of_metric = rows.metric == index
-        case_scores = _case_means(rows, row_score, of_metric)
-        result["counts"][name] = len(case_scores)
-        result["skipped"][name] = int((of_metric & np.isnan(row_score)).sum())
-        if len(case_scores) == 0:
-            result["scores"][name] = None
-            result["ci95"][name] = None
-            continue
-        result["scores"][name] = float(case_scores.mean() * 100)
+        numerator, denominator = _case_totals(rows, hits, compared, of_metric, average)
+        result["counts"][name] = len(numerator)
+        result["skipped"][name] = int((of_metric & (compared == 0)).sum())
+        result["scores"][name] = _percent(numerator, denominator)
         rng = np.random.default_rng([seed, index])
-        result["ci95"][name] = _bootstrap_ci(case_scores, bootstrap, rng) if bootstrap else None
+        result["ci95"][name] = _bootstrap_ci(numerator, denominator, bootstrap, rng) if bootstrap and len(numerator) else None
         if result["skipped"][name]:
             logger.warning("%s: %d row(s) have no %s prediction and are left out", name, result["skipped"][name], protocol)
 
-    portability = rows.metric == METRICS.index("portability")
-    result["portability_by_hop"] = {}
-    for hop in np.unique(rows.hop[portability & ~np.isnan(row_score)]):
-        hop_scores = _case_means(rows, row_score, portability & (rows.hop == hop))
-        result["portability_by_hop"][str(hop)] = float(hop_scores.mean() * 100)
-    result["locality_answer_only"] = {}
-    for name in LOCALITY_METRICS:
-        case_scores = _case_means(rows, answer_only, rows.metric == METRICS.index(name))
-        result["locality_answer_only"][name] = float(case_scores.mean() * 100) if len(case_scores) else None
+    portability = rows.metric == SCORES.index("portability")
+    result["portability_by_hop"] = {
+        str(hop): _percent(*_case_totals(rows, hits, compared, portability & (rows.hop == hop), average))
+        for hop in np.unique(rows.hop[portability & (compared > 0)])
+    }
+    result["locality_answer_only"] = {
+        name: _percent(*_case_totals(rows, answer_hits, answer_compared, rows.metric == SCORES.index(name), average))
+        for name in LOCALITY_METRICS
+    }
     return result
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Kebench(evaluate.Metric):
-    """KEBench's six knowledge-editing scores; the columns of a predictions file are the inputs."""
+    """KEBench's knowledge-editing scores; the columns of a predictions file are the inputs."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -503,5 +613,13 @@ class Kebench(evaluate.Metric):
         """Add one prediction row (column -> value)."""
         self.add_batch(**{name: [value] for name, value in row.items()})
 
-    def _compute(self, protocol: str = "token", bootstrap: int = 1000, seed: int = 0, **columns: Any) -> dict:
-        return score_predictions(columns, protocol=protocol, bootstrap=bootstrap, seed=seed)
+    def _compute(
+        self,
+        protocol: str = "token",
+        bootstrap: int = 1000,
+        seed: int = 0,
+        average: str = "case",
+        preset: str = "kebench",
+        **columns: Any,
+    ) -> dict:
+        return score_predictions(columns, protocol=protocol, bootstrap=bootstrap, seed=seed, average=average, preset=preset)

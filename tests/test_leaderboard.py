@@ -15,11 +15,24 @@ import yaml
 from huggingface_hub import parse_eval_result_entries
 from huggingface_hub.hf_api import RepoFile
 
-from kebench_hf.leaderboard.results import eval_results_yaml, read_results, result_rows, results_parquet
+from kebench_hf.leaderboard.results import (
+    RESULTS_FILE,
+    RESULTS_SCHEMA,
+    eval_results_yaml,
+    ranked_groups,
+    read_results,
+    result_rows,
+    results_card,
+    results_parquet,
+)
 from kebench_hf.leaderboard.service import score_submission, submission_files
 from kebench_hf.leaderboard.submission import Limits, SubmissionError, validate_run_dir
 from kebench_hf.leaderboard.synthetic import synthetic_run
-from metric.kebench import METRICS
+from metric.kebench import DISPLAY_NAMES, METRICS, score_predictions
+
+#: the edit config has no edit-one-hop cases: that score is None, never 0
+PERFECT = {**dict.fromkeys(METRICS, 100.0), "edit_onehop": None}
+ZERO = {**dict.fromkeys(METRICS, 0.0), "edit_onehop": None}
 
 HOPS = {"eval-00000": [1, 2]}
 FOLDER = "submissions/org--tiny-llava/ft_llm/20260101T000000Z"
@@ -43,7 +56,8 @@ def test_a_perfect_run_scores_100_everywhere_in_both_protocols(perfect_run, lead
     assert submission.protocols == ("token", "generate")
     scores = score_submission(submission)
     for protocol in ("token", "generate"):
-        assert scores[protocol]["scores"] == dict.fromkeys(METRICS, 100.0)
+        assert scores[protocol]["scores"] == PERFECT
+        assert (scores[protocol]["preset"], scores[protocol]["average"]) == ("kebench", "case")
         assert scores[protocol]["counts"]["reliability"] == 2
         assert scores[protocol]["counts"]["portability"] == 1
     assert scores["token"]["portability_by_hop"] == {"1": 100.0, "2": 100.0}
@@ -54,8 +68,8 @@ def test_a_run_that_misses_everything_scores_0_not_its_self_reported_numbers(tmp
     (run / "scores.json").write_text(json.dumps({"scores": dict.fromkeys(METRICS, 99.0)}))
     scores = score_submission(validate_run_dir(run, leaderboard_reference))
     # skill 0: every post-edit token misses its target and every locality position changed
-    assert scores["token"]["scores"] == dict.fromkeys(METRICS, 0.0)
-    assert scores["generate"]["scores"] == dict.fromkeys(METRICS, 0.0)
+    assert scores["token"]["scores"] == ZERO
+    assert scores["generate"]["scores"] == ZERO
 
 
 def test_a_run_without_generations_is_ranked_in_the_token_protocol_only(tmp_path, leaderboard_reference):
@@ -69,6 +83,7 @@ def test_results_rows_round_trip_in_a_stable_order(perfect_run, leaderboard_refe
     assert [row["protocol"] for row in rows] == ["token", "generate"]
     token = rows[0]
     assert token["model"] == "org/tiny-llava" and token["model_family"] == "llava" and token["method"] == "ft_llm"
+    assert (token["preset"], token["average"], token["edit_onehop"]) == ("kebench", "case", None)
     assert token["reliability"] == 100.0 and token["reliability_ci_low"] == 100.0
     assert token["portability_by_hop"] == [{"hop": 1, "score": 100.0}, {"hop": 2, "score": 100.0}]
     assert token["cases"] == 2 and token["seconds_per_edit"] == 0.5
@@ -87,8 +102,112 @@ def test_eval_results_file_is_what_huggingface_hub_parses(perfect_run, leaderboa
     assert len(entries) == 12  # 6 metrics x 2 protocols
     assert {entry.task_id for entry in entries} == set(METRICS)
     assert all(entry.dataset_id == "org/kebench" and entry.value == 100.0 for entry in entries)
-    assert {entry.notes for entry in entries} == {"method=ft_llm, protocol=generate", "method=ft_llm, protocol=token"}
+    assert {entry.notes for entry in entries} == {
+        "method=ft_llm, preset=kebench, protocol=generate",
+        "method=ft_llm, preset=kebench, protocol=token",
+    }
     assert entries[0].source_url == "http://hub/pr/1"
+
+
+def _run_with(tmp_path, reference, name: str, **run_fields) -> Path:
+    """A synthetic KE run whose run.json says ``run_fields``."""
+    run = synthetic_run(tmp_path / name, reference, HOPS, model=f"org/{name}", method="ke", skill=0.5, seed=len(name))
+    path = run / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **run_fields}))
+    return run
+
+
+def _rows_of(run: Path, reference, date: str = "2026-01-01T00:00:00Z") -> list[dict]:
+    submission = validate_run_dir(run, reference)
+    return result_rows(submission, f"submissions/{run.name}/ke/x", score_submission(submission), date, "http://pr")
+
+
+def test_preset_and_average_come_from_run_json_and_old_runs_are_kebench_by_case(tmp_path, leaderboard_reference):
+    old = synthetic_run(tmp_path / "old", leaderboard_reference, HOPS, model="org/old", method="ke", skill=0.5)
+    path = old / "run.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "preset"}))
+    assert {(row["preset"], row["average"]) for row in _rows_of(old, leaderboard_reference)} == {("kebench", "case")}
+
+    micro = _run_with(tmp_path, leaderboard_reference, "micro", preset="vlkeb", average="token")
+    rows = {row["protocol"]: row for row in _rows_of(micro, leaderboard_reference)}
+    assert (rows["token"]["preset"], rows["token"]["average"]) == ("vlkeb", "token")
+    # generations are judged whole: that row averages over cases and says so
+    assert (rows["generate"]["preset"], rows["generate"]["average"]) == ("vlkeb", "case")
+    predictions = pq.read_table(micro / "predictions.parquet")
+    assert rows["token"]["portability"] == pytest.approx(
+        score_predictions(predictions, average="token")["scores"]["portability"]
+    )
+    for field, value in (("preset", "easyedit"), ("average", "macro")):
+        broken = _run_with(tmp_path, leaderboard_reference, f"bad-{field}", **{field: value})
+        with pytest.raises(SubmissionError, match=rf"run.json: field '{field}' must be one of"):
+            validate_run_dir(broken, leaderboard_reference)
+
+
+def test_rows_of_different_presets_or_protocols_are_never_ranked_together(tmp_path, leaderboard_reference):
+    kebench = _run_with(tmp_path, leaderboard_reference, "ours")
+    vlkeb = _run_with(tmp_path, leaderboard_reference, "reference", preset="vlkeb")
+    perfect_vlkeb = synthetic_run(
+        tmp_path / "perfect-vlkeb", leaderboard_reference, HOPS, model="org/perfect", method="ft_llm", skill=1.0,
+        preset="vlkeb",
+    )
+    rows = [*_rows_of(kebench, leaderboard_reference), *_rows_of(vlkeb, leaderboard_reference),
+            *_rows_of(perfect_vlkeb, leaderboard_reference)]
+    groups = ranked_groups(rows)
+    assert list(groups) == [("kebench", "generate"), ("kebench", "token"), ("vlkeb", "generate"), ("vlkeb", "token")]
+    for (preset, protocol), members in groups.items():
+        assert {(row["preset"], row["protocol"]) for row in members} == {(preset, protocol)}
+    assert [row["model"] for row in groups[("kebench", "token")]] == ["org/ours"]
+    assert [row["model"] for row in groups[("vlkeb", "token")]][0] == "org/perfect"  # best first
+    card = results_card(rows)
+    sections = card.split("### ")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        f"preset `{preset}`, protocol `{protocol}`" for preset, protocol in groups
+    ]
+    # the kebench tables hold no vlkeb model, and every table titles the scores as the metric does
+    for section in sections:
+        if section.startswith("preset `kebench`"):
+            assert "org/ours" in section and "org/perfect" not in section and "org/reference" not in section
+    assert all(DISPLAY_NAMES["edit_onehop"] in section for section in sections)
+
+
+def test_the_app_shows_one_preset_and_protocol_at_a_time(tmp_path, leaderboard_reference):
+    from kebench_hf.leaderboard.app import display_table, load_results, select
+
+    kebench = _run_with(tmp_path, leaderboard_reference, "ours")
+    vlkeb = _run_with(tmp_path, leaderboard_reference, "reference", preset="vlkeb")
+    results = tmp_path / "results"
+    (results / RESULTS_FILE).parent.mkdir(parents=True)
+    rows = [*_rows_of(kebench, leaderboard_reference), *_rows_of(vlkeb, leaderboard_reference)]
+    (results / RESULTS_FILE).write_bytes(results_parquet(rows))
+    frame = load_results(str(results))
+    assert frame.attrs["scores"] == DISPLAY_NAMES  # from the results file: the app imports no metric
+    every = {"families": ["llava"], "methods": ["ke"], "search": ""}
+    for preset, model in (("kebench", "org/ours"), ("vlkeb", "org/reference")):
+        for protocol in ("token", "generate"):
+            chosen = select(frame, preset, protocol, **every)
+            assert list(chosen["model"]) == [model]
+            table = display_table(chosen, frame.attrs["scores"])
+            assert list(table["Preset"]) == [preset] and list(table["Protocol"]) == [protocol]
+            assert [header for header in table.columns if header in DISPLAY_NAMES.values()] == list(
+                DISPLAY_NAMES.values()
+            )
+
+
+def test_results_written_before_preset_and_edit_onehop_existed_still_read(tmp_path, perfect_run, leaderboard_reference):
+    rows = _rows_of(perfect_run, leaderboard_reference)
+    new_columns = {"preset", "average", *(f"edit_onehop{suffix}" for suffix in ("", "_ci_low", "_ci_high"))}
+    old = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA).drop_columns(sorted(new_columns))
+    path = tmp_path / "old.parquet"
+    pq.write_table(old, path)
+    assert read_results(path) == [{**row, "preset": "kebench", "average": "case"} for row in rows]
+
+
+def test_edit_onehop_rows_are_refused_on_the_edit_config(run_copy, leaderboard_reference):
+    extra = pq.read_table(run_copy / "predictions.parquet").slice(0, 1)
+    extra = _set_column(extra, "metric", pa.array(["edit_onehop"]))
+    _rewrite_predictions(run_copy, lambda table: pa.concat_tables([table, extra]))
+    with pytest.raises(SubmissionError, match=r"1 'edit_onehop' row case id\(s\) are not in the test split"):
+        validate_run_dir(run_copy, leaderboard_reference)
 
 
 def _rewrite_predictions(run: Path, change) -> None:

@@ -100,8 +100,9 @@ def flow(hub_server, leaderboard_data, leaderboard_reference, tmp_path_factory):
         for index, (name, files) in enumerate(hostile_runs.items())
     }
     # a good submission after the hostile ones: they must not stop it from being scored
+    # under the reference's preset: ranked apart from the kebench rows
     zero = synthetic_run(root / "zero", leaderboard_reference, HOPS, model="nobody/not-on-the-hub", method="ike",
-                         model_family="blip2", skill=0.0, generate=False)
+                         model_family="blip2", skill=0.0, generate=False, preset="vlkeb")
     (zero / "scores.json").write_text(json.dumps({"scores": dict.fromkeys(METRICS, 99.0)}))  # never trusted
     assert main(["submit", str(zero), "--repo", requests, "--data", str(leaderboard_data),
                  "--description", "IKE on BLIP-2"]) == 0
@@ -134,10 +135,10 @@ def test_results_dataset_holds_the_recomputed_scores_of_accepted_submissions_onl
     from datasets import load_dataset
 
     rows = load_dataset(flow["results"], split="train").to_list()
-    assert [(row["model"], row["method"], row["protocol"]) for row in rows] == [
-        (flow["model_repo"], "ft_llm", "token"),
-        (flow["model_repo"], "ft_llm", "generate"),
-        ("nobody/not-on-the-hub", "ike", "token"),
+    assert [(row["model"], row["method"], row["preset"], row["protocol"]) for row in rows] == [
+        (flow["model_repo"], "ft_llm", "kebench", "token"),
+        (flow["model_repo"], "ft_llm", "kebench", "generate"),
+        ("nobody/not-on-the-hub", "ike", "vlkeb", "token"),
     ]
     for row in rows[:2]:
         assert [row[name] for name in METRICS] == [100.0] * 6
@@ -174,6 +175,16 @@ def test_running_the_update_again_changes_nothing(flow, capsys):
                  "--data", str(flow["data"]), "--dataset-id", "kebench/kebench"]) == 0
     assert "0 accepted, 0 rejected, 0 failed; 0 new result rows" in capsys.readouterr().out
     assert state() == before
+
+
+def test_the_results_card_ranks_each_preset_and_protocol_in_its_own_table(flow):
+    card = Path(hf_hub_download(flow["results"], "README.md", repo_type="dataset")).read_text()
+    sections = {section.splitlines()[0]: section for section in card.split("### ")[1:]}
+    assert list(sections) == [
+        "preset `kebench`, protocol `generate`", "preset `kebench`, protocol `token`", "preset `vlkeb`, protocol `token`"
+    ]
+    assert "nobody/not-on-the-hub" in sections["preset `vlkeb`, protocol `token`"]
+    assert all("nobody/not-on-the-hub" not in text for title, text in sections.items() if "kebench" in title)
 
 
 def test_push_space_publishes_the_app_with_its_results_repo(flow, hub_server):
@@ -274,18 +285,25 @@ def test_the_app_shows_the_new_rows_and_filters_them_in_chromium(flow, tmp_path)
     browser = DevTools(tmp_path / "chromium-profile")
     try:
         browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-        browser.wait_for(f"{ROW_TEXTS}.length == 2")
+        # one preset and protocol at a time: kebench/token first, the vlkeb row is not among them
+        browser.wait_for(f"{ROW_TEXTS}.length == 1")
         rows = browser.js(ROW_TEXTS)
-        assert rows[0].startswith(f"{flow['model_repo']} llava ft_llm token 100 100 100 100 100 100")
-        assert rows[1].startswith("nobody/not-on-the-hub blip2 ike token 0 0 0 0 0 0")
-        x, y = browser.js(
-            "(() => { const label = Array.from(document.querySelectorAll('label'))"
-            ".find(l => l.innerText.trim() == 'generate'); const box = label.getBoundingClientRect();"
-            " return [box.x + box.width / 2, box.y + box.height / 2]; })()"
-        )
-        browser.click(x, y)
+        assert rows[0].startswith(f"{flow['model_repo']} llava ft_llm kebench token case 100 100 100 100 100 100")
+
+        def choose(label: str) -> None:
+            browser.click(*browser.js(
+                "(() => { const label = Array.from(document.querySelectorAll('label'))"
+                f".find(l => l.innerText.trim() == '{label}'); const box = label.getBoundingClientRect();"
+                " return [box.x + box.width / 2, box.y + box.height / 2]; })()"
+            ))
+
+        choose("generate")
         browser.wait_for(f"{ROW_TEXTS}.length == 1 && {ROW_TEXTS}[0].includes('generate')")
-        assert browser.js(ROW_TEXTS)[0].startswith(f"{flow['model_repo']} llava ft_llm generate 100")
+        assert browser.js(ROW_TEXTS)[0].startswith(f"{flow['model_repo']} llava ft_llm kebench generate case 100")
+        choose("token")
+        choose("vlkeb")
+        browser.wait_for(f"{ROW_TEXTS}.length == 1 && {ROW_TEXTS}[0].includes('vlkeb')")
+        assert browser.js(ROW_TEXTS)[0].startswith("nobody/not-on-the-hub blip2 ike vlkeb token case 0 0 0 0 0 0")
         shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "leaderboard.png").write_bytes(base64.b64decode(shot["data"]))
@@ -330,11 +348,15 @@ def test_the_app_filters_by_protocol_family_method_and_model_name(flow, tmp_path
 
     frame = load_results(flow["results"])
     every = {"families": ["llava", "blip2"], "methods": ["ft_llm", "ike"], "search": ""}
-    assert len(select(frame, "token", **every)) == 2
-    assert list(select(frame, "generate", **every)["model"]) == [flow["model_repo"]]
-    assert list(select(frame, "token", **{**every, "families": ["blip2"]})["method"]) == ["ike"]
-    assert list(select(frame, "token", **{**every, "methods": ["ft_llm"]})["model_family"]) == ["llava"]
-    assert list(select(frame, "token", **{**every, "search": "NOT-ON"})["model"]) == ["nobody/not-on-the-hub"]
-    table = display_table(select(frame, "token", **every))
-    assert list(table["Reliability"]) == [100.0, 0.0]  # sorted by reliability, best first
+    # the two token rows are of different presets: never in one table
+    assert list(select(frame, "kebench", "token", **every)["model"]) == [flow["model_repo"]]
+    assert list(select(frame, "vlkeb", "token", **every)["model"]) == ["nobody/not-on-the-hub"]
+    assert list(select(frame, "kebench", "generate", **every)["model"]) == [flow["model_repo"]]
+    assert select(frame, "vlkeb", "generate", **every).empty
+    assert select(frame, "kebench", "token", **{**every, "families": ["blip2"]}).empty
+    assert list(select(frame, "vlkeb", "token", **{**every, "methods": ["ike"]})["model_family"]) == ["blip2"]
+    assert select(frame, "kebench", "token", **{**every, "search": "NOT-ON"}).empty
+    table = display_table(select(frame, "kebench", "token", **every), frame.attrs["scores"])
+    assert list(table["Reliability"]) == [100.0]
+    assert table["Edit-1-hop Port."].isna().all()  # the edit config has no edit-one-hop cases
     assert table["Submission"][0] == f"[PR]({frame['link'][0]})"

@@ -13,7 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from metric.kebench import METRICS, PREDICTION_FEATURES, normalize_answer, score_predictions, to_table
+from metric.kebench import (
+    DISPLAY_NAMES,
+    METRICS,
+    PREDICTION_FEATURES,
+    SCORES,
+    normalize_answer,
+    score_predictions,
+    to_table,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +43,7 @@ def row(case_id, metric, target, pre, post, *, hop=0, span=(), answer="x", pre_t
 
 
 def case_rows() -> list[dict]:
-    """Two cases, every metric, ragged shapes, k = 1 to 3; the comments give each row's score."""
+    """Two cases, every score, ragged shapes, k = 1 to 3; the comments give each row's score."""
     return [
         # 0: top-1 right at 2 of 3 answer tokens -> 2/3
         row("c1", "reliability", [10, 11, 12], [[10], [11], [12]], [[10], [11], [99]],
@@ -67,6 +75,11 @@ def case_rows() -> list[dict]:
             answer="Portugal", post_text="Spain"),
         # 11: -> 0
         row("c2", "portability", [40], [[41]], [[41]], hop=1, answer="Madrid", post_text="Madrid"),
+        # 12: edited twice, then asked the one-hop question: 1/2
+        row("c1", "edit_onehop", [50, 51], [[0], [0]], [[50], [0]], answer="United States",
+            post_text="the United States"),
+        # 13: -> 0
+        row("c2", "edit_onehop", [60], [[60]], [[61]], answer="Spain", post_text="Portugal"),
     ]
 
 
@@ -78,6 +91,18 @@ TOKEN_SCORES = {
     "i_locality": 100 * (4 / 6 + 0) / 2,
     # c1 = mean(1, 1/4), c2 = 0: mean over cases, not over rows (which would give 41.67)
     "portability": 100 * ((1 + 1 / 4) / 2 + 0) / 2,
+    "edit_onehop": 100 * (1 / 2 + 0) / 2,
+}
+
+#: average="token": every answer token (locality: every compared id) of a metric's rows counts once
+TOKEN_AVERAGE_SCORES = {
+    "reliability": 100 * (2 + 1) / (3 + 1),
+    "t_generality": 100 * (1 + 2) / (2 + 4),
+    "i_generality": 0.0,
+    "t_locality": 100 * (3 + 2) / (4 + 2),
+    "i_locality": 100 * (4 + 0) / (6 + 3),
+    "portability": 100 * (1 + 1 + 0) / (1 + 4 + 1),
+    "edit_onehop": 100 * (1 + 0) / (2 + 1),
 }
 
 GENERATE_SCORES = {
@@ -87,12 +112,13 @@ GENERATE_SCORES = {
     "t_locality": 50.0,  # "The answer is 42" == "answer is 42"; "blue" != "red"
     "i_locality": 100.0,  # "a dog" == "A Dog"; c2 has no generated post_text -> skipped
     "portability": 100 * ((1 + 0) / 2 + 1) / 2,
+    "edit_onehop": 50.0,  # "the United States" matches; "Portugal" does not
 }
 
 
 def assert_scores(actual: dict, expected: dict) -> None:
-    assert set(actual) == set(METRICS)
-    for name in METRICS:
+    assert set(actual) == set(SCORES)
+    for name in SCORES:
         if expected.get(name) is None:
             assert actual[name] is None, name
         else:
@@ -101,13 +127,55 @@ def assert_scores(actual: dict, expected: dict) -> None:
 
 def test_token_protocol_matches_hand_computed_scores():
     result = score_predictions(case_rows(), protocol="token", bootstrap=0)
-    assert result["protocol"] == "token"
+    assert (result["protocol"], result["preset"], result["average"]) == ("token", "kebench", "case")
     assert_scores(result["scores"], TOKEN_SCORES)
-    assert result["counts"] == {name: 1 if name == "i_generality" else 2 for name in METRICS}
-    assert result["skipped"] == dict.fromkeys(METRICS, 0)
+    assert result["counts"] == {name: 1 if name == "i_generality" else 2 for name in SCORES}
+    assert result["skipped"] == dict.fromkeys(SCORES, 0)
     assert result["portability_by_hop"] == pytest.approx({"1": 50.0, "2": 25.0})
     assert result["locality_answer_only"] == pytest.approx({"t_locality": 75.0, "i_locality": 50.0})
-    assert result["ci95"] == dict.fromkeys(METRICS)
+    assert result["ci95"] == dict.fromkeys(SCORES)
+
+
+def test_token_average_is_the_micro_mean_over_answer_tokens():
+    result = score_predictions(case_rows(), average="token", bootstrap=0)
+    assert result["average"] == "token"
+    assert_scores(result["scores"], TOKEN_AVERAGE_SCORES)
+    # the two averages differ wherever rows have different numbers of tokens
+    for name in ("reliability", "t_locality", "i_locality", "portability", "edit_onehop"):
+        assert result["scores"][name] != pytest.approx(TOKEN_SCORES[name])
+    assert result["counts"] == {name: 1 if name == "i_generality" else 2 for name in SCORES}
+    # hop 1: rows 9 and 11 hit 1 of 2 tokens; hop 2: 1 of 4
+    assert result["portability_by_hop"] == pytest.approx({"1": 50.0, "2": 25.0})
+    # answer spans: t_locality 1 of 2 and 1 of 1 ids; i_locality 3 of 3 and 0 of 3
+    assert result["locality_answer_only"] == pytest.approx({"t_locality": 100 * 2 / 3, "i_locality": 50.0})
+
+
+def test_token_average_intervals_resample_cases_and_weigh_them_by_tokens():
+    # c0 hits 1 of 1 token, c1 0 of 3: the micro mean is 25 (the case mean 50); resampling cases
+    # gives c0 twice (100), c1 twice (0) or one of each (25, where the case mean would say 50)
+    rows = [row("c0", "reliability", [1], [[0]], [[1]]), row("c1", "reliability", [1, 2, 3], [[0]] * 3, [[0]] * 3)]
+    result = score_predictions(rows, average="token", bootstrap=400, seed=1)
+    assert result["scores"]["reliability"] == 25.0
+    assert result["ci95"]["reliability"] == [0.0, 100.0]
+    case = score_predictions(rows, bootstrap=400, seed=1)
+    assert case["scores"]["reliability"] == 50.0
+
+
+def test_preset_is_recorded_and_checked():
+    assert score_predictions(case_rows(), bootstrap=0, preset="vlkeb")["preset"] == "vlkeb"
+    with pytest.raises(ValueError, match=r"unknown preset 'easyedit'.*kebench.*vlkeb"):
+        score_predictions(case_rows(), preset="easyedit")
+    with pytest.raises(ValueError, match=r"unknown average 'macro'"):
+        score_predictions(case_rows(), average="macro")
+    with pytest.raises(ValueError, match=r"average 'token'.*token protocol.*'generate'"):
+        score_predictions(case_rows(), protocol="generate", average="token")
+
+
+def test_score_names_and_display_names_are_exported():
+    assert SCORES[:-1] == METRICS and SCORES[-1] == "edit_onehop"
+    assert list(DISPLAY_NAMES) == list(SCORES)
+    assert DISPLAY_NAMES["edit_onehop"] == "Edit-1-hop Port."
+    assert DISPLAY_NAMES["t_generality"] == "T-Generality"
 
 
 def test_generate_protocol_matches_hand_computed_scores():
@@ -115,7 +183,7 @@ def test_generate_protocol_matches_hand_computed_scores():
     assert result["protocol"] == "generate"
     assert_scores(result["scores"], GENERATE_SCORES)
     assert result["counts"]["i_locality"] == 1
-    assert result["skipped"] == {**dict.fromkeys(METRICS, 0), "i_locality": 1}
+    assert result["skipped"] == {**dict.fromkeys(SCORES, 0), "i_locality": 1}
     assert result["portability_by_hop"] == pytest.approx({"1": 100.0, "2": 0.0})
     assert result["locality_answer_only"] == {"t_locality": None, "i_locality": None}
 
@@ -132,7 +200,7 @@ def test_missing_metrics_are_none_not_zero():
     rows = [r for r in case_rows() if r["metric"] == "reliability"]
     result = score_predictions(rows, bootstrap=50)
     assert_scores(result["scores"], {"reliability": TOKEN_SCORES["reliability"]})
-    for name in METRICS[1:]:
+    for name in SCORES[1:]:
         assert result["ci95"][name] is None and result["counts"][name] == 0
     assert result["portability_by_hop"] == {}
     assert result["locality_answer_only"] == {"t_locality": None, "i_locality": None}
@@ -146,18 +214,18 @@ def test_failed_rows_are_skipped_and_counted():
     result = score_predictions(rows, bootstrap=0)
     # c1's failed reliability row does not dilute its scored row; c3 has no scored row at all
     assert_scores(result["scores"], TOKEN_SCORES)
-    assert result["skipped"] == {**dict.fromkeys(METRICS, 1), "reliability": 2}
+    assert result["skipped"] == {**dict.fromkeys(METRICS, 1), "reliability": 2, "edit_onehop": 0}
     assert result["counts"]["t_locality"] == 2
     assert result["portability_by_hop"] == pytest.approx({"1": 50.0, "2": 25.0})
     generate = score_predictions(rows, protocol="generate", bootstrap=0)
     assert_scores(generate["scores"], GENERATE_SCORES)
-    assert generate["skipped"] == {**dict.fromkeys(METRICS, 1), "reliability": 2, "i_locality": 2}
+    assert generate["skipped"] == {**dict.fromkeys(METRICS, 1), "reliability": 2, "i_locality": 2, "edit_onehop": 0}
 
 
 def test_exact_duplicate_rows_are_an_error_naming_both():
     rows = case_rows()
     rows.append(copy.deepcopy(rows[9]))
-    with pytest.raises(ValueError, match=r"rows 9 and 12 are identical.*'c1'.*portability"):
+    with pytest.raises(ValueError, match=r"rows 9 and 14 are identical.*'c1'.*portability"):
         score_predictions(rows)
 
 
@@ -186,7 +254,7 @@ def test_every_input_form_gives_the_same_result():
 def test_confidence_intervals_are_seeded_and_contain_the_estimate():
     first = score_predictions(case_rows(), bootstrap=300, seed=7)
     assert first == score_predictions(case_rows(), bootstrap=300, seed=7)
-    for name in METRICS:
+    for name in SCORES:
         low, high = first["ci95"][name]
         assert 0 <= low <= first["scores"][name] <= high <= 100
     assert first["ci95"]["i_generality"] == [0.0, 0.0]  # one case: nothing to resample
@@ -242,6 +310,17 @@ BAD_INPUTS = {
     "post longer than target": (_set(0, "target", [10, 11]), r"row 0, column 'post'.*3 positions but target has 2"),
     "locality without span": (_set(5, "answer_span", []), r"row 5, column 'answer_span'.*\[start, end\)"),
     "span out of range": (_set(6, "answer_span", [1, 3]), r"row 6, column 'answer_span'.*\[1, 3\)"),
+    "span far past the row": (_set(6, "answer_span", [0, 10**6]), r"row 6, column 'answer_span'.*\[0, 1000000\)"),
+    "span on an answer row": (_set(0, "answer_span", [0, 10**6]), r"row 0, column 'answer_span'.*only locality rows"),
+    "span on a failed locality row": (
+        lambda rows: _set(8, "answer_span", [0, 1])(_set(8, "post", [])(_set(8, "pre", [])(rows))),
+        r"row 8, column 'answer_span'.*within the 0 positions",
+    ),
+    "id of 2**63": (_set(1, "post", [[2**63]]), r"row 1, column 'post'.*9223372036854775808"),
+    "id of -2**63 - 1": (_set(1, "target", [-(2**63) - 1]), r"row 1, column 'target'.*-9223372036854775809"),
+    "hop past int32": (_set(9, "hop", 2**31), r"row 9, column 'hop'.*2147483648 does not fit int32"),
+    "lone surrogate": (_set(3, "answer", "\ud800"), r"row 3, column 'answer'.*surrogates"),
+    "hop on edit_onehop": (_set(12, "hop", 1), r"row 12, column 'hop'.*edit_onehop row has hop 1"),
     "hop on reliability": (_set(1, "hop", 2), r"row 1, column 'hop'.*reliability row has hop 2"),
     "negative hop": (_set(9, "hop", -1), r"row 9, column 'hop'.*>= 0"),
     "float hop": (_set(9, "hop", 1.0), r"row 9, column 'hop'.*integer"),
@@ -266,8 +345,16 @@ def test_bad_shapes_of_the_whole_input():
         score_predictions({k: v for k, v in columns.items() if k != "aliases"})
     with pytest.raises(ValueError, match="differ in length"):
         score_predictions({**columns, "hop": columns["hop"][:-1]})
+    for not_a_column in (3, None, "0" * 14, {"a": 1}, np.int64(1)):
+        with pytest.raises(ValueError, match=r"column 'hop'.*(list with one value per row|missing)"):
+            score_predictions({**columns, "hop": not_a_column})
+    # a whole Arrow column can hold an id no row of the schema can: the row is found and named
+    table = to_table(case_rows())
+    huge = pa.array([[1]] * 4 + [[2**63]] + [[1]] * 9, pa.list_(pa.uint64()))
+    with pytest.raises(ValueError, match=r"row 4, column 'target'.*9223372036854775808 does not fit"):
+        score_predictions(table.set_column(table.schema.get_field_index("target"), "target", huge))
     with pytest.raises(ValueError, match="column 'pre'.*integers.*double"):
-        score_predictions(to_table(case_rows()).set_column(5, "pre", pa.array([[[0.5]]] * 12)))
+        score_predictions(to_table(case_rows()).set_column(5, "pre", pa.array([[[0.5]]] * 14)))
     with pytest.raises(ValueError, match="unknown protocol"):
         score_predictions(case_rows(), protocol="exact")
     with pytest.raises(ValueError, match="bootstrap"):

@@ -102,6 +102,14 @@ def _record_not_object(records):
     records[1] = "not a record"
 
 
+def _long_image_path(records):
+    records[1]["image"] = "m.0fx03/" + "a" * 5000 + ".jpg"
+
+
+def _lone_surrogate(records):
+    records[1]["rephrase"] = "Who is \ud800?"
+
+
 BAD_RECORDS = {
     "missing field": (_drop_alt, "'alt'", "missing field"),
     "wrong type": (_int_src, "'src'", "expected a string, got int"),
@@ -111,6 +119,9 @@ BAD_RECORDS = {
     "absolute path": (_absolute_path, "'image'", "absolute image path"),
     "image not a string": (_image_not_string, "'image'", "expected a string, got list"),
     "record not an object": (_record_not_object, "record 1", "expected a JSON object"),
+    # found by tests/test_fuzz.py: an OSError from the file system, an encoding error when written
+    "image name too long": (_long_image_path, "'image'", "cannot be looked up: File name too long"),
+    "lone surrogate": (_lone_surrogate, "'rephrase'", "not valid Unicode: surrogates not allowed"),
 }
 
 
@@ -148,6 +159,7 @@ def test_truncated_jpeg_is_corrupt(writable_release: Path):
     ("[]", "holds no records"),
     ('{"src": "a"}', "expected a JSON list of records, got a JSON dict"),
     ("[{", "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_bad_file(tmp_path: Path, content: str, problem: str):
     path = tmp_path / "eval.json"
@@ -175,6 +187,12 @@ def _port(items):
     (["x"], "'port_new[0]'", "expected an object"),
     ([{"port_type": "two-hop", "Q&A": {"Question": "q", "Answer": "a"}}], "'port_new[0].port_type'", "'k-hop'"),
     ([{"port_type": 2, "Q&A": {"Question": "q", "Answer": "a"}}], "'port_new[0].port_type'", "expected a string"),
+    # past the int32 hop column, and thousands of digits (which int() itself refuses)
+    ([{"port_type": "2147483648-hop", "Q&A": {"Question": "q", "Answer": "a"}}], "'port_new[0].port_type'",
+     "k at most 2147483647"),
+    ([{"port_type": "9" * 5000 + "-hop", "Q&A": {"Question": "q", "Answer": "a"}}], "'port_new[0].port_type'",
+     "'k-hop'"),
+    ([{"port_type": "\u0663-hop", "Q&A": {"Question": "q", "Answer": "a"}}], "'port_new[0].port_type'", "'k-hop'"),
     ([{"port_type": "1-hop"}], "'port_new[0].Q&A'", "missing field"),
     ([{"port_type": "1-hop", "Q&A": {"Question": "q"}}], "'port_new[0].Q&A.Answer'", "missing field"),
     ([{"port_type": "1-hop", "Q&A": {"Question": "q", "Answer": "a"}},

@@ -49,12 +49,36 @@ def test_score_prints_a_table(capsys, prediction_files):
     code, out, _ = run_cli(capsys, "score", str(prediction_files["parquet"]), "--bootstrap", "0")
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert "12 rows" in out and "protocol: token" in out
+    assert "14 rows" in out and "protocol: token  preset: kebench  average: case" in out
     # reliability (2/3 + 1) / 2 over 2 cases; portability per hop; answer-only locality
     assert lines["reliability"].split()[1:] == ["83.33", "2", "0"]
     assert lines["i_generality"].split()[1:] == ["0.00", "1", "0"]
     assert "portability 2-hop" in out and "25.00" in out
     assert "t_locality (answer only)" in out
+    # edit-one-hop: c1 1/2, c2 0 over 2 cases
+    assert lines["edit_onehop"].split()[1:] == ["25.00", "2", "0"]
+
+
+def test_score_average_and_preset(capsys, prediction_files):
+    code, out, _ = run_cli(
+        capsys, "score", str(prediction_files["parquet"]), "--average", "token", "--preset", "vlkeb", "--json",
+        "--bootstrap", "50",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result == score_predictions(case_rows(), bootstrap=50, average="token", preset="vlkeb")
+    # reliability 3 of 4 answer tokens (the case mean is 83.33)
+    assert (result["average"], result["preset"], result["scores"]["reliability"]) == ("token", "vlkeb", 75.0)
+    code, out, _ = run_cli(capsys, "score", str(prediction_files["parquet"]), "--average", "token", "--bootstrap", "0")
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert code == 0 and "average: token" in out and lines["reliability"].split()[1] == "75.00"
+    for argv, message in (
+        (["--average", "macro"], "unknown average 'macro'"),
+        (["--preset", "easyedit"], "unknown preset 'easyedit'"),
+        (["--protocol", "both", "--average", "token"], "average 'token'"),
+    ):
+        code, out, err = run_cli(capsys, "score", str(prediction_files["parquet"]), *argv)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def _write(path: Path, text: str) -> Path:

@@ -17,21 +17,17 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 RESULTS_FILE = "data/results.parquet"
 CONFIG_FILE = Path(__file__).with_name("leaderboard.json")
-#: results column -> table header, in the paper's column order
-SCORES = {
-    "reliability": "Reliability",
-    "t_generality": "T-Generality",
-    "i_generality": "I-Generality",
-    "t_locality": "T-Locality",
-    "i_locality": "I-Locality",
-    "portability": "Portability",
-}
-PROTOCOLS = ("token", "generate")
+#: the results file's schema metadata entry {score column: header}, written by the scoring service from the
+#: metric's own names (this file cannot import the metric)
+DISPLAY_NAMES_KEY = b"kebench_display_names"
+#: shown first when the results have them
+DEFAULT_PRESET, DEFAULT_PROTOCOL = "kebench", "token"
 #: the most bars/lines a plot shows before it stops being readable
 PLOT_LIMIT = 12
 
@@ -49,14 +45,17 @@ HOW_TO = """
    merges the pull request and adds a row here, or closes it with the reason as a comment.
    Duplicates of an earlier submission, other dataset versions and malformed files are rejected.
 
-Both protocols are shown when the run has them: `token` (teacher-forced token accuracy, VLKEB's) and
-`generate` (exact match of greedy generations, stricter). Scores are percentages with bootstrap 95%
-confidence intervals in the results dataset.
+Both protocols are shown when the run has them: `token` (teacher-forced answer-token accuracy) and
+`generate` (exact match of greedy generations, stricter). Each row also carries the preset the run was
+made under (`kebench`, or `vlkeb`: the reference code's evaluation, `kebench run --preset vlkeb`);
+rows are only ever ranked against rows of the same preset and protocol. Scores are percentages with
+bootstrap 95% confidence intervals in the results dataset.
 """
 
 
 def load_results(source: str) -> pd.DataFrame:
-    """The results table from a local directory or a hub dataset repo id."""
+    """The results table from a local directory or a hub dataset repo id; ``attrs["scores"]`` maps
+    each score column to its header."""
     directory = Path(source)
     if directory.is_dir():
         path = directory / RESULTS_FILE
@@ -64,7 +63,13 @@ def load_results(source: str) -> pd.DataFrame:
         from huggingface_hub import hf_hub_download
 
         path = hf_hub_download(source, RESULTS_FILE, repo_type="dataset")
-    return pd.read_parquet(path)
+    table = pq.read_table(path)
+    names = (table.schema.metadata or {}).get(DISPLAY_NAMES_KEY)
+    if names is None:
+        raise ValueError(f"{source}: the results file has no score names; it predates this app (re-run the update)")
+    frame = table.to_pandas()
+    frame.attrs["scores"] = json.loads(names)
+    return frame
 
 
 def configured_sources(results: str | None = None, requests: str | None = None) -> tuple[str, str]:
@@ -76,23 +81,31 @@ def configured_sources(results: str | None = None, requests: str | None = None) 
     return results, requests or os.environ.get("KEBENCH_REQUESTS") or config.get("requests", "ORG/REQUESTS")
 
 
-def select(frame: pd.DataFrame, protocol: str, families: list[str], methods: list[str], search: str) -> pd.DataFrame:
+def select(
+    frame: pd.DataFrame, preset: str, protocol: str, families: list[str], methods: list[str], search: str
+) -> pd.DataFrame:
+    """The rows of one preset and protocol (never more: their scores are not comparable), filtered and ranked."""
     chosen = frame[
-        (frame["protocol"] == protocol) & frame["model_family"].isin(families) & frame["method"].isin(methods)
+        (frame["preset"] == preset)
+        & (frame["protocol"] == protocol)
+        & frame["model_family"].isin(families)
+        & frame["method"].isin(methods)
     ]
     if search.strip():
         chosen = chosen[chosen["model"].str.contains(search.strip(), case=False, regex=False)]
     return chosen.sort_values("reliability", ascending=False, na_position="last")
 
 
-def display_table(chosen: pd.DataFrame) -> pd.DataFrame:
+def display_table(chosen: pd.DataFrame, scores: dict[str, str]) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "Model": chosen["model"],
             "Family": chosen["model_family"],
             "Method": chosen["method"],
+            "Preset": chosen["preset"],
             "Protocol": chosen["protocol"],
-            **{header: chosen[column].round(1) for column, header in SCORES.items()},
+            "Average": chosen["average"],
+            **{header: chosen[column].round(1) for column, header in scores.items()},
             "s/edit": chosen["seconds_per_edit"].round(3),
             "Date": chosen["date"].str.slice(0, 10),
             "Submission": [f"[PR]({link})" for link in chosen["link"]],
@@ -105,16 +118,16 @@ def _label(row: pd.Series) -> str:
     return f"{row['method']} · {row['model'].rsplit('/', 1)[-1]}"
 
 
-def scores_plot(chosen: pd.DataFrame):
-    """Grouped bars: the six scores of each shown submission."""
+def scores_plot(chosen: pd.DataFrame, scores: dict[str, str]):
+    """Grouped bars: the scores of each shown submission."""
     figure = Figure(figsize=(9, 3.6))
     axes = figure.subplots()
     shown = chosen.head(PLOT_LIMIT)
     width = 0.8 / max(len(shown), 1)
     for index, (_, row) in enumerate(shown.iterrows()):
-        values = [row[column] if pd.notna(row[column]) else 0.0 for column in SCORES]
-        axes.bar([x + index * width for x in range(len(SCORES))], values, width, label=_label(row))
-    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(SCORES))], list(SCORES.values()))
+        values = [row[column] if pd.notna(row[column]) else 0.0 for column in scores]
+        axes.bar([x + index * width for x in range(len(scores))], values, width, label=_label(row))
+    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(scores))], list(scores.values()))
     axes.set_ylim(0, 100)
     axes.set_ylabel("score (%)")
     if len(shown):
@@ -142,41 +155,48 @@ def hops_plot(chosen: pd.DataFrame):
 
 
 def build_app(frame: pd.DataFrame, requests_repo: str = "ORG/REQUESTS") -> gr.Blocks:
-    """The leaderboard over ``frame`` (rows of the results dataset)."""
+    """The leaderboard over ``frame`` (rows of the results dataset, from :func:`load_results`)."""
+    scores = frame.attrs["scores"]
     families = sorted(frame["model_family"].unique())
     methods = sorted(frame["method"].unique())
+    presets = sorted(frame["preset"].unique())
+    protocols = sorted(frame["protocol"].unique())
+    first_preset = DEFAULT_PRESET if DEFAULT_PRESET in presets else next(iter(presets), None)
+    first_protocol = DEFAULT_PROTOCOL if DEFAULT_PROTOCOL in protocols else next(iter(protocols), None)
 
-    def refresh(protocol: str, chosen_families: list[str], chosen_methods: list[str], search: str):
-        chosen = select(frame, protocol, chosen_families, chosen_methods, search)
-        return display_table(chosen), scores_plot(chosen), hops_plot(chosen)
+    def refresh(preset: str, protocol: str, chosen_families: list[str], chosen_methods: list[str], search: str):
+        chosen = select(frame, preset, protocol, chosen_families, chosen_methods, search)
+        return display_table(chosen, scores), scores_plot(chosen, scores), hops_plot(chosen)
 
-    initial = select(frame, PROTOCOLS[0], families, methods, "")
+    initial = select(frame, first_preset, first_protocol, families, methods, "")
     with gr.Blocks(title="KEBench leaderboard") as app:
         gr.Markdown(
             "# KEBench leaderboard\nKnowledge editing of vision-language models: six scores per"
-            " submission, re-computed from its predictions on the KEBench test split."
+            " submission, re-computed from its predictions on the KEBench test split. One preset and"
+            " protocol at a time: scores of different ones are not comparable."
         )
         with gr.Tab("Leaderboard"):
             with gr.Row():
-                protocol = gr.Radio(list(PROTOCOLS), value=PROTOCOLS[0], label="Protocol")
+                preset = gr.Radio(presets, value=first_preset, label="Preset")
+                protocol = gr.Radio(protocols, value=first_protocol, label="Protocol")
                 search = gr.Textbox(label="Model contains", placeholder="e.g. llava")
             with gr.Row():
                 family = gr.CheckboxGroup(families, value=families, label="Model family")
                 method = gr.CheckboxGroup(methods, value=methods, label="Method")
             table = gr.Dataframe(
-                display_table(initial),
-                datatype=["str"] * 4 + ["number"] * (len(SCORES) + 1) + ["str", "markdown"],
+                display_table(initial, scores),
+                datatype=["str"] * 6 + ["number"] * (len(scores) + 1) + ["str", "markdown"],
                 interactive=False,
                 label="Submissions (click a header to sort)",
                 elem_id="leaderboard-table",
             )
-            scores = gr.Plot(scores_plot(initial), label="Six scores")
+            bars = gr.Plot(scores_plot(initial, scores), label="Scores")
             hops = gr.Plot(hops_plot(initial), label="Portability by hop")
         with gr.Tab("Submit"):
             gr.Markdown(HOW_TO.format(requests=requests_repo))
-        filters = [protocol, family, method, search]
+        filters = [preset, protocol, family, method, search]
         for control in filters:
-            control.change(refresh, inputs=filters, outputs=[table, scores, hops])
+            control.change(refresh, inputs=filters, outputs=[table, bars, hops])
     return app
 
 

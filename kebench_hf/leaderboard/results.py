@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,11 +14,16 @@ import yaml
 from datasets import Features, List, Value
 from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
 
-from kebench_hf.leaderboard.submission import ValidatedSubmission
-from metric.kebench import METRICS, PROTOCOLS
+from kebench_hf.leaderboard.submission import DEFAULT_AVERAGE, DEFAULT_PRESET, ValidatedSubmission
+from metric.kebench import DISPLAY_NAMES, PROTOCOLS, SCORES
 
 RESULTS_FILE = "data/results.parquet"
 EVAL_RESULTS_FILE = ".eval_results/kebench.yaml"
+#: rows are ranked only among rows equal in these (EasyEdit's ``metric_meta.comparable_group``)
+COMPARABLE_GROUP = ("preset", "protocol")
+#: schema metadata key holding {score column: display name}, so that the self-contained app titles
+#: the columns as the metric does without importing it
+DISPLAY_NAMES_KEY = b"kebench_display_names"
 
 RESULT_FEATURES = Features(
     {
@@ -25,10 +31,12 @@ RESULT_FEATURES = Features(
         "model": Value("string"),
         "model_family": Value("string"),
         "method": Value("string"),
+        "preset": Value("string"),
         "protocol": Value("string"),
-        **{name: Value("float64") for name in METRICS},
-        **{f"{name}_ci_low": Value("float64") for name in METRICS},
-        **{f"{name}_ci_high": Value("float64") for name in METRICS},
+        "average": Value("string"),
+        **{name: Value("float64") for name in SCORES},
+        **{f"{name}_ci_low": Value("float64") for name in SCORES},
+        **{f"{name}_ci_high": Value("float64") for name in SCORES},
         "portability_by_hop": List({"hop": Value("int32"), "score": Value("float64")}),
         "cases": Value("int64"),
         "seconds_per_edit": Value("float64"),
@@ -38,7 +46,11 @@ RESULT_FEATURES = Features(
         "dataset_fingerprint": Value("string"),
     }
 )
-RESULTS_SCHEMA: pa.Schema = RESULT_FEATURES.arrow_schema
+RESULTS_SCHEMA: pa.Schema = RESULT_FEATURES.arrow_schema.with_metadata(
+    {**(RESULT_FEATURES.arrow_schema.metadata or {}), DISPLAY_NAMES_KEY: json.dumps(DISPLAY_NAMES).encode()}
+)
+#: what a results row written before a column existed holds in it
+_OLD_ROW_DEFAULTS = {"preset": DEFAULT_PRESET, "average": DEFAULT_AVERAGE}
 
 CARD = """---
 license: apache-2.0
@@ -59,7 +71,10 @@ configs:
 Written by the KEBench scoring service (`kebench leaderboard update`): every accepted submission of
 the requests dataset, re-scored from its predictions with the KEBench metric on the `edit` config's
 `test` split. Self-reported numbers are never used. One row per submission and protocol
-(`token`: teacher-forced token accuracy as in VLKEB; `generate`: exact match of greedy generations).
+(`token`: teacher-forced answer-token accuracy; `generate`: exact match of greedy generations),
+tagged with the preset the run was made under (`kebench`, or `vlkeb`: the reference code's
+evaluation). Rows of different presets or protocols are not comparable and are never ranked
+together.
 
 {count} rows from {submissions} submissions.
 
@@ -67,8 +82,10 @@ the requests dataset, re-scored from its predictions with the KEBench metric on 
 |---|---|
 | `submission` | folder of the submission in the requests dataset |
 | `model`, `model_family`, `method` | what was edited and how (from the submission's `run.json`) |
+| `preset` | `kebench` or `vlkeb`: how the run built its queries (from its `run.json`; `kebench` when absent) |
 | `protocol` | `token` or `generate` |
-| `reliability` ... `portability` | the six scores, percent; null when the metric has no cases |
+| `average` | `case` (mean over cases) or `token` (micro mean over answer tokens, the reference's KE averaging) |
+| `reliability` ... `portability`, `edit_onehop` | the scores, percent; null when the metric has no cases |
 | `<metric>_ci_low`, `<metric>_ci_high` | bootstrap 95% confidence interval |
 | `portability_by_hop` | portability per number of hops |
 | `cases` | edit cases scored |
@@ -97,7 +114,9 @@ def result_rows(
             "model": run["model"],
             "model_family": run["model_family"],
             "method": run["method"],
+            "preset": output["preset"],
             "protocol": protocol,
+            "average": output["average"],
             "portability_by_hop": [
                 {"hop": int(hop), "score": _number(score)}
                 for hop, score in sorted((output.get("portability_by_hop") or {}).items(), key=lambda kv: int(kv[0]))
@@ -109,7 +128,7 @@ def result_rows(
             "predictions_sha256": submission.predictions_sha256,
             "dataset_fingerprint": run["dataset_fingerprint"],
         }
-        for name in METRICS:
+        for name in SCORES:
             low, high = ci95.get(name) or (None, None)
             row[name] = _number(output["scores"].get(name))
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _number(low), _number(high)
@@ -130,15 +149,52 @@ def results_parquet(rows: Iterable[Mapping]) -> bytes:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    return pq.read_table(path, schema=RESULTS_SCHEMA).to_pylist()
+    """The results rows; a file written before a column existed reads with its default (or null)."""
+    table = pq.read_table(path)
+    rows = []
+    for row in table.to_pylist():
+        rows.append({name: row.get(name, _OLD_ROW_DEFAULTS.get(name)) for name in RESULTS_SCHEMA.names})
+    return pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA).to_pylist()
+
+
+def ranked_groups(rows: Iterable[Mapping]) -> dict[tuple[str, ...], list[Mapping]]:
+    """Rows by comparable group (preset, protocol), each ranked by reliability, best first."""
+    groups: dict[tuple[str, ...], list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[name] for name in COMPARABLE_GROUP), []).append(row)
+    return {
+        key: sorted(members, key=lambda row: (row["reliability"] is None, -(row["reliability"] or 0.0), row["submission"]))
+        for key, members in sorted(groups.items())
+    }
+
+
+def _ranking_table(rows: list[Mapping]) -> str:
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = [
+        "| # | model | method | average | " + " | ".join(DISPLAY_NAMES[name] for name in SCORES) + " |",
+        "|---" * (len(SCORES) + 4) + "|",
+    ]
+    for rank, row in enumerate(rows, start=1):
+        cells = [str(rank), row["model"], row["method"], row["average"], *(show(row[name]) for name in SCORES)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def results_card(rows: list[Mapping]) -> str:
-    return CARD.format(
+    card = CARD.format(
         results_file=RESULTS_FILE,
         count=len(rows),
         submissions=len({row["submission"] for row in rows}),
     )
+    sections = [
+        f"### preset `{preset}`, protocol `{protocol}`\n\n{_ranking_table(members)}\n"
+        for (preset, protocol), members in ranked_groups(rows).items()
+    ]
+    if sections:
+        card += "\n## Rankings\n\nOne table per preset and protocol, by reliability.\n\n" + "\n".join(sections)
+    return card
 
 
 def eval_results_yaml(rows: Iterable[Mapping], dataset_id: str) -> str:
@@ -151,10 +207,12 @@ def eval_results_yaml(rows: Iterable[Mapping], dataset_id: str) -> str:
             date=row["date"],
             source_url=row["link"],
             source_name="KEBench leaderboard",
-            notes=f"method={row['method']}, protocol={row['protocol']}",
+            notes=f"method={row['method']}, preset={row['preset']}, protocol={row['protocol']}",
         )
-        for row in sorted(rows, key=lambda row: (row["method"], row["protocol"], row["date"], row["submission"]))
-        for name in METRICS
+        for row in sorted(
+            rows, key=lambda row: (row["method"], row["preset"], row["protocol"], row["date"], row["submission"])
+        )
+        for name in SCORES
         if row[name] is not None
     ]
     return yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False)

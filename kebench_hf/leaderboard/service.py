@@ -54,7 +54,7 @@ from kebench_hf.leaderboard.submission import (
     ValidatedSubmission,
     validate_run_dir,
 )
-from metric.kebench import METRICS, score_predictions
+from metric.kebench import DISPLAY_NAMES, SCORES, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,17 @@ class UpdateReport:
 
 
 def score_submission(submission: ValidatedSubmission) -> dict[str, dict]:
-    """The metric's output for each protocol the predictions support; bad values become the reason."""
+    """The metric's output for each protocol the predictions support, under the run's preset and
+    averaging; bad values become the reason."""
     scores = {}
     for protocol in submission.protocols:
+        # generations are judged whole, so a run averaging over tokens averages them over cases (each row
+        # records the averaging it was scored with)
+        average = submission.average if protocol == "token" else "case"
         try:
-            scores[protocol] = score_predictions(submission.predictions, protocol=protocol)
+            scores[protocol] = score_predictions(
+                submission.predictions, protocol=protocol, preset=submission.preset, average=average
+            )
         except ValueError as error:
             raise SubmissionError(f"predictions ({protocol} protocol): {error}") from None
         skipped = {name: count for name, count in scores[protocol]["skipped"].items() if count}
@@ -165,7 +171,9 @@ def _scores_line(rows: list[dict]) -> str:
         return "n/a" if value is None else f"{value:.1f}"
 
     return "\n".join(
-        f"- {row['protocol']}: " + ", ".join(f"{name} {show(row[name])}" for name in METRICS) for row in rows
+        f"- {row['preset']} preset, {row['protocol']} protocol: "
+        + ", ".join(f"{DISPLAY_NAMES[name]} {show(row[name])}" for name in SCORES)
+        for row in rows
     )
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from metric.kebench import METRICS
+from metric.kebench import AVERAGES, METRICS, PRESETS, SCORES
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 #: longest model, family or method name shown on the leaderboard
 MAX_NAME_LENGTH = 200
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: what a run.json without these fields (written before they existed) was made and scored with
+DEFAULT_PRESET = "kebench"
+DEFAULT_AVERAGE = "case"
 
 
 class SubmissionError(ValueError):
@@ -112,6 +115,16 @@ class ValidatedSubmission:
     def method(self) -> str:
         return self.run["method"]
 
+    @property
+    def preset(self) -> str:
+        """How the run built its queries; rows of different presets are never ranked together."""
+        return self.run.get("preset", DEFAULT_PRESET)
+
+    @property
+    def average(self) -> str:
+        """How the run's scores average (the reference's KE evaluation: over tokens)."""
+        return self.run.get("average", DEFAULT_AVERAGE)
+
 
 def validate_run_dir(run_dir: str | Path, reference: Reference, limits: Limits = DEFAULT_LIMITS) -> ValidatedSubmission:
     """Check a run directory as the scoring service will; raise ``SubmissionError`` with the reason."""
@@ -178,6 +191,9 @@ def read_run_json(path: Path) -> dict:
     seconds = run.get("seconds_per_edit")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0):
         raise SubmissionError(f"{RUN_FILE}: field 'seconds_per_edit' must be a non-negative number, got {seconds!r}")
+    for name, choices in (("preset", PRESETS), ("average", AVERAGES)):
+        if name in run and run[name] not in choices:
+            raise SubmissionError(f"{RUN_FILE}: field {name!r} must be one of {list(choices)}, got {run[name]!r:.80}")
     return run
 
 
@@ -219,11 +235,12 @@ def check_coverage(predictions: pa.Table, reference: Reference) -> None:
     found: dict[str, set[str]] = {}
     for metric, case_id in zip(pairs["metric"].to_pylist(), pairs["case_id"].to_pylist(), strict=True):
         found.setdefault(metric, set()).add(case_id)
-    unknown_metrics = sorted(set(found) - set(METRICS), key=str)
+    unknown_metrics = sorted(set(found) - set(SCORES), key=str)
     if unknown_metrics:
-        raise SubmissionError(f"predictions: unknown metric name(s) {unknown_metrics}; expected {list(METRICS)}")
-    for metric in METRICS:
-        expected, present = reference.case_ids[metric], found.get(metric, set())
+        raise SubmissionError(f"predictions: unknown metric name(s) {unknown_metrics}; expected {list(SCORES)}")
+    for metric in SCORES:
+        # a score whose cases the leaderboard's split lacks (edit-one-hop on the edit config) must have no rows
+        expected, present = reference.case_ids.get(metric, frozenset()), found.get(metric, set())
         missing, unknown = expected - present, present - expected
         if unknown:
             raise SubmissionError(

@@ -131,6 +131,7 @@ def synthetic_run(
     seed: int = 0,
     generate: bool = True,
     shapes: Shapes = Shapes(),
+    preset: str = "kebench",
 ) -> Path:
     """A run directory as ``kebench run`` writes it: ``predictions.parquet`` and ``run.json`` (its fields
     that the leaderboard reads)."""
@@ -144,6 +145,7 @@ def synthetic_run(
         "model": model,
         "model_family": model_family,
         "method": method,
+        "preset": preset,
         "hyperparameters": {"steps": 10, "lr": 1e-4},
         "data": "synthetic",
         "config": LEADERBOARD_CONFIG,
