@@ -1,6 +1,6 @@
-"""``kebench bench``: our engine against a faithful reference-style loop, side by side.
+"""``kebench bench``: our engine against a loop run the reference's way, side by side (timing).
 
-The reference-style loop does what the reference code does per edit case: a deep copy of the
+The reference-style loop has the reference code's cost structure per edit case: a deep copy of the
 model, the processor called once per query, batch size 1 everywhere, pre-edit outputs recomputed
 for the case, and the method run the plain way (FT: every optimisation step through the whole
 network; IKE: the in-context prompt re-read with every query). Both loops compute the same
@@ -128,7 +128,8 @@ def engine_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]
 
 
 def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]) -> list[dict[str, Any]]:
-    """The reference code's loop, producing the same rows as :class:`Engine` (token protocol)."""
+    """Our methods and prompts run the reference code's way (the cost structure, not its scoring:
+    that is ``--preset vlkeb``), producing the same rows as :class:`Engine` (token protocol)."""
     options = EngineOptions(generate=False)
     rows = []
     for case in cases:

@@ -166,7 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="our engine vs a faithful reference-style loop: same scores, speed ratio, memory"
+        "bench", help="our engine vs a loop run the reference's way: same scores, speed ratio, memory"
     )
     parser.add_argument("--method", action="append", choices=("ft-llm", "ike", "ft-vision"),
                         help="method(s) to time (default: ft-llm and ike)")
