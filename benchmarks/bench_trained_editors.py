@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
+from editors.run import score_table
 
 
 def timed(command: list[str]) -> tuple[float, float]:
@@ -56,11 +56,7 @@ def main() -> None:
         pr = f"{scope['precision']:.2f} / {scope['recall']:.2f}" if scope else "-"
         print(f"| {method} | {t['seconds']} | {t['peak_rss_mib']} | {t['steps']} | {t['stopped_early']} | {pr} |")
     for protocol in ("token", "generate"):
-        print(f"\n| {protocol} | " + " | ".join(METRICS) + " |\n|---" * (len(METRICS) + 1) + "|")
-        for method, result in scores.items():
-            values = result[protocol]["scores"]
-            cells = ["-" if values[m] is None else f"{values[m]:.1f}" for m in METRICS]
-            print(f"| {method} | " + " | ".join(cells) + " |")
+        print("\n" + score_table(scores, protocol))
     (args.out / "bench.json").write_text(json.dumps({"training": trainings, "scores": scores}, indent=2))
 
 

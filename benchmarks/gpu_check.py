@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from editors.bench import run_bench, shape_model
-from editors.run import TABLE_HEADERS, RunSettings, default_world, device_name, run, score_cells
+from editors.run import RunSettings, default_world, device_name, run, score_cells, table_columns
 
 
 def edit_run(out: Path, shape: str, data: Path, device: str, dtype: str, limit: int) -> str:
@@ -44,8 +44,8 @@ def edit_run(out: Path, shape: str, data: Path, device: str, dtype: str, limit: 
         shutil.copy(run_dir / name, out / f"{shape}-ft-llm-{name}")
     return "\n".join([
         f"model built/loaded from cache in {built:.0f} s: {model}",
-        "| shape | device | dtype | edits | s/edit | peak memory MiB | " + " | ".join(TABLE_HEADERS) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(TABLE_HEADERS),
+        "| shape | device | dtype | edits | s/edit | peak memory MiB | " + " | ".join(table_columns()[1]) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(table_columns()[1]),
         f"| {shape} | {info['device_name']} | {dtype} | {info['cases'] - info['failed_cases']} "
         f"| {info['seconds_per_edit']:.3f} | {info['peak_memory_mib']:.0f} | {score_cells(scores['token']['scores'])} |",
     ])

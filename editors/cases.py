@@ -1,4 +1,4 @@
-"""Edit cases as the engine and the methods see them, and the queries each metric asks.
+"""Edit cases as the engine and the methods see them (their queries: :mod:`editors.queries`).
 
 A case is built from one dataset row (columns of :mod:`kebench_hf.schema`). Images are decoded
 when the case is built, so a broken image surfaces as :class:`CaseError` naming the case and the
@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
 from PIL import Image
 
 from editors.adapters.base import Query
-
-#: the six metric families, in the order of the paper's tables
-METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
 
 
 class CaseError(ValueError):
@@ -28,6 +25,17 @@ class CaseError(ValueError):
 @dataclass(frozen=True)
 class PortabilityQuestion:
     hop: int
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class OneHopEdit:
+    """Edit-one-hop: after the case's edit, a second, text-only edit of a fact about the new entity
+    (``edit_question`` -> ``edit_answer``); then ``question`` (on the edit image) must answer ``answer``."""
+
+    edit_question: str
+    edit_answer: str
     question: str
     answer: str
 
@@ -49,23 +57,24 @@ class EditCase:
     m_loc_q: str
     m_loc_a: str
     portability: tuple[PortabilityQuestion, ...] = field(default_factory=tuple)
+    #: the second edit and its question (config ``edit_onehop``: exactly one; otherwise none)
+    onehop: tuple[OneHopEdit, ...] = field(default_factory=tuple)
 
     @property
     def edit_query(self) -> Query:
         """The query the edit is made on (the Reliability query)."""
         return Query(self.src, self.alt, self.image)
 
-    def queries(self) -> list[tuple[str, Query]]:
-        """``(metric, query)`` for every query of this case, reliability first."""
-        listed = [
-            ("reliability", self.edit_query),
-            ("t_generality", Query(self.rephrase, self.alt, self.image)),
-            ("i_generality", Query(self.src, self.alt, self.image_rephrase)),
-            ("t_locality", Query(self.loc, self.loc_ans, None)),
-            ("i_locality", Query(self.m_loc_q, self.m_loc_a, self.m_loc)),
-        ]
-        listed += [("portability", Query(item.question, item.answer, self.image)) for item in self.portability]
-        return listed
+    def second_edit(self, on_image: bool = False) -> EditCase:
+        """Edit-one-hop's second edit as a case of its own: ``edit_question`` -> ``edit_answer``, text
+        only unless ``on_image`` (then on the edit image: a method that edits only through an image,
+        as the reference's ``edit_twice_img``). Its other queries are the first edit's."""
+        if len(self.onehop) != 1:
+            raise CaseError(f"case {self.case_id}: field 'onehop' holds {len(self.onehop)} items; "
+                            "edit-one-hop takes exactly one (the reference asserts it)")
+        item = self.onehop[0]
+        return replace(self, src=item.edit_question, alt=item.edit_answer,
+                       image=self.image if on_image else None, onehop=())
 
 
 _TEXT = ("case_id", "src", "rephrase", "pred", "alt", "loc", "loc_ans", "m_loc_q", "m_loc_a")
@@ -108,8 +117,15 @@ def case_from_row(row: Mapping[str, Any]) -> EditCase:
         if not item.get("question") or not item.get("answer"):
             raise CaseError(f"case {case_id}: field 'portability'[{index}] lacks a question or answer")
         portability.append(PortabilityQuestion(int(item.get("hop") or 1), item["question"], item["answer"]))
+    onehop = []
+    for index, item in enumerate(row.get("onehop") or []):
+        values = {name: item.get(name) for name in ("edit_question", "edit_answer", "question", "answer")}
+        empty = [name for name, value in values.items() if not isinstance(value, str) or not value.strip()]
+        if empty:
+            raise CaseError(f"case {case_id}: field 'onehop'[{index}] lacks {', '.join(empty)}")
+        onehop.append(OneHopEdit(**values))
     images = {name: _decoded_image(row, name, case_id) for name in _IMAGES}
-    return EditCase(**text, **images, portability=tuple(portability))
+    return EditCase(**text, **images, portability=tuple(portability), onehop=tuple(onehop))
 
 
 class CaseSequence(Sequence[EditCase]):

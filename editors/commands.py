@@ -70,6 +70,11 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed or 0, generate=not args.no_generate, method_options=_method_options(args.set or []),
         preset=args.preset or "kebench", hop=args.hop,
     )
+    if args.sequential_gap:
+        root = runs.lifelong(settings, args.sequential_gap)
+        print((root / runs.LIFELONG_TABLE).read_text())
+        print(f"one run per gap in {root}/gap-G; table and curves: {root / runs.LIFELONG_TABLE}, {root / runs.LIFELONG_PLOT}")
+        return 0
     scores = runs.run(settings)
     print(runs.score_table({args.method: scores}, "token"))
     print(runs.score_table({args.method: scores}, "generate"))
@@ -78,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 _RUN_OPTIONS = ("method", "model", "data", "config", "split", "limit", "device", "dtype", "sequential",
-                "resume", "editor", "out", "seed", "no_generate", "set", "preset", "hop")
+                "sequential_gap", "resume", "editor", "out", "seed", "no_generate", "set", "preset", "hop")
 
 
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
@@ -88,7 +93,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
         description="With no arguments: build (once, cached) the default world and tiny LLaVA, run every "
         "registered method on the test split and print the six scores per method, plus a PNG plot.",
     )
-    parser.add_argument("--method", help="editing method (ft-llm, ft-vision, ike, ...)")
+    parser.add_argument("--method", help="editing method (ft-llm, ft-vision, ike, ...; none: the unedited model)")
     parser.add_argument("--model", help="model directory or hub id (default: the built-in tiny LLaVA)")
     parser.add_argument("--data", help="KEBench directory or hub dataset repo (default: the default world)")
     parser.add_argument("--config", help="dataset config: edit (default), multihop, edit_onehop")
@@ -96,7 +101,12 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="edit only the first N cases")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=MODEL_DTYPES, help="model dtype (default float32)")
-    parser.add_argument("--sequential", type=int, help="apply N edits without restoring, then score them all")
+    parser.add_argument("--sequential", type=int,
+                        help="our protocol: apply N edits without restoring, score all N, restore (not the reference's)")
+    parser.add_argument("--sequential-gap", type=int, nargs="+", metavar="G",
+                        help="VLKEB's protocol: edits accumulate, case i is scored after G further edits; --limit "
+                             "counts the cases scored (the reference: 200). Several G: one run each in OUT/gap-G, "
+                             "a table and curves (score against edits in the model) in OUT")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cases")
     parser.add_argument("--editor", help="trained editor directory (KE, SERAC, MEND)")
     parser.add_argument("--out", help="run directory to write")

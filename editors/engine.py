@@ -1,11 +1,16 @@
 """The evaluation loop: (adapter, method, cases) -> prediction rows in the metric's schema.
 
-Per group of cases (one case, or N with ``--sequential N``):
+Per group of cases (one case, or N with ``--sequential N``, our protocol):
 
-1. build each case's queries and encode them once (one batch per case);
+1. build each case's queries (:mod:`editors.queries`) and encode them once (one batch per case);
 2. pre-edit readouts and greedy answers on the base model, one batched forward per case;
 3. apply the edit(s), score every query of the case in one batched forward (+ generation);
 4. restore: the method copies back exactly the tensors it changed.
+
+A case with a one-hop edit (config ``edit_onehop``) gets both its edits before it is scored, as the
+reference's ``edit_onehop`` branch does. :meth:`Engine.run_gap` is the reference's sequential-gap
+protocol instead: every pre-edit output first, then edits accumulate, case i is scored after G
+further edits, and everything is restored only at the end.
 
 A case that cannot be built (missing field, image that fails to decode) or that the adapter refuses
 (e.g. an empty question) is written as *failed* rows, with empty ``pre``/``post`` and generations,
@@ -16,29 +21,32 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
-from editors.cases import METRICS, CaseError, EditCase
+from editors.cases import CaseError, EditCase
 from editors.forward import Readout, TopLayers, model_logits, readouts
 from editors.methods.base import AppliedEdit, EditMethod
+from editors.queries import DEFAULT_CONFIG, config_metrics
+from editors.queries import case_queries as spec_queries
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How queries are scored. ``text_topk``/``image_topk``: ranks compared for T-/I-Locality."""
+    """How queries are scored; ``config``: the dataset config of the cases (it decides their queries,
+    see :mod:`editors.queries`)."""
 
     generate: bool = True
     max_new_tokens: int = 16
-    text_topk: int = 1
-    image_topk: int = 10
     seed: int = 0
+    config: str = DEFAULT_CONFIG
 
 
 @dataclass
@@ -85,11 +93,8 @@ class ScoredCase:
 
 def case_queries(case: EditCase, options: EngineOptions) -> tuple[list[tuple[str, int]], list[Query], list[int]]:
     """``(labels, queries, topk)`` of a case: ``(metric, hop)`` per query and the ranks it keeps."""
-    hops = iter(item.hop for item in case.portability)
-    listed = case.queries()
-    labels = [(metric, next(hops) if metric == "portability" else 0) for metric, _ in listed]
-    ranks = {"t_locality": options.text_topk, "i_locality": options.image_topk}
-    return labels, [query for _, query in listed], [ranks.get(metric, 0) for metric, _ in listed]
+    listed = spec_queries(case, options.config)
+    return [(spec.metric, hop) for spec, hop, _ in listed], [query for _, _, query in listed], [spec.topk for spec, _, _ in listed]
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -97,12 +102,12 @@ def case_seed(seed: int, case_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(case_id.encode())) % 2**31
 
 
-def failed_rows(case_id: str) -> list[dict[str, Any]]:
-    """The rows of a case that could not be scored: one per metric, with nothing predicted."""
+def failed_rows(case_id: str, config: str = DEFAULT_CONFIG) -> list[dict[str, Any]]:
+    """The rows of a case of ``config`` that could not be scored: one per metric, nothing predicted."""
     return [
         {"case_id": case_id, "metric": metric, "hop": 0, "target": [], "answer_span": [], "pre": [], "post": [],
          "answer": "", "pre_text": "", "post_text": "", "aliases": []}
-        for metric in METRICS
+        for metric in config_metrics(config)
     ]
 
 
@@ -140,16 +145,53 @@ class Engine:
         finally:
             self._restore(self._unrestored)
 
+    def run_gap(self, cases: Sequence[tuple[str, EditCase | CaseError]], gap: int, scored: int) -> Iterator[CaseResult]:
+        """VLKEB's sequential-gap protocol (``test_sequential_editing.py``, ``multihop_and_sequential``).
+
+        The pre-edit outputs of the first ``scored`` cases are all taken on the unedited model first.
+        Then the edits of ``cases`` are applied one after the other and never undone during the run:
+        once edit ``s`` is applied (``s >= gap``), case ``s - gap`` is scored, so case ``i`` is scored
+        with edits ``0 .. i + gap`` in the model (its own and ``gap`` further ones). The run stops after
+        the last scored case; the ``gap`` cases after it are edited, never scored. All edits are
+        restored at the end (in reverse order: bit for bit).
+        """
+        if not self.method.supports_sequential:
+            raise ValueError(f"method {self.method.name!r} does not support sequential editing")
+        if gap < 0 or not 0 < scored <= len(cases) - gap:
+            raise ValueError(f"sequential gap {gap}: {len(cases)} cases cannot score {scored} cases (need scored + gap)")
+        # inputs are encoded again at scoring time: holding every case's encoding and captured
+        # activations for the whole run would grow with its length
+        waiting: deque[ScoredCase | CaseResult] = deque(
+            self._pre_edit(case_id, case, keep_inputs=False) for case_id, case in cases[:scored]
+        )
+        applied: list[AppliedEdit] = []
+        failed_edits: dict[str, str] = {}
+        try:
+            for step, (case_id, case) in enumerate(cases[: scored + gap]):
+                if not isinstance(case, CaseError):
+                    torch.manual_seed(case_seed(self.options.seed, case_id))
+                    try:
+                        applied += self._apply(case)
+                    except (CaseError, ValueError) as error:
+                        logger.warning("edit of case %s failed: %s", case_id, error)
+                        failed_edits[case_id] = str(error)
+                if step >= gap:
+                    yield self._score_after(waiting.popleft(), applied[-1] if applied else AppliedEdit(self.adapter),
+                                            failed_edits)
+        finally:
+            for edit in reversed(applied):
+                edit.restore()
+
     # -- steps --------------------------------------------------------------------------------
-    def _pre_edit(self, case_id: str, case: EditCase | CaseError) -> ScoredCase | CaseResult:
+    def _pre_edit(self, case_id: str, case: EditCase | CaseError, keep_inputs: bool = True) -> ScoredCase | CaseResult:
         if isinstance(case, CaseError):
             logger.warning("case %s failed: %s", case_id, case)
-            return CaseResult(case_id, failed_rows(case_id), str(case))
-        labels, queries, topk = case_queries(case, self.options)
+            return CaseResult(case_id, failed_rows(case_id, self.options.config), str(case))
+        labels, queries, topk = case_queries(self.method.target_case(case), self.options)
         try:
             encoded = self.adapter.encode(queries).to(self.adapter.device)
             top = None
-            if self.first_edited_layer is not None:
+            if self.first_edited_layer is not None and keep_inputs:
                 # The edit leaves the layers below this one alone: run them once, reuse after the edit.
                 top = TopLayers(self.adapter, encoded, self.first_edited_layer)
                 logits, offset = top.initial_logits, 0
@@ -162,8 +204,28 @@ class Engine:
             pre_text = self._generate(queries, None)
         except (CaseError, ValueError) as error:
             logger.warning("case %s failed: %s", case_id, error)
-            return CaseResult(case_id, failed_rows(case_id), f"case {case_id}: {error}")
-        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded, top)
+            return CaseResult(case_id, failed_rows(case_id, self.options.config), f"case {case_id}: {error}")
+        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded if keep_inputs else None, top)
+
+    def _apply(self, case: EditCase) -> list[AppliedEdit]:
+        """The case's edit, or with a one-hop edit both: the case's, then the second on the edited model."""
+        if not case.onehop:
+            return [self.method.apply(self.adapter, case)]
+        return self.method.apply_all(self.adapter, [case, case.second_edit(self.method.edits_through_image)])
+
+    def _score_after(self, scored: ScoredCase | CaseResult, edit: AppliedEdit, failed_edits: dict[str, str]) -> CaseResult:
+        """A gap-protocol case scored through ``edit`` (the cumulative state), or its failure."""
+        if isinstance(scored, CaseResult):
+            return scored
+        case_id = scored.case.case_id
+        try:
+            if case_id in failed_edits:
+                raise ValueError(failed_edits[case_id])
+            post = edit.score(scored.queries, scored.topk)
+            return CaseResult(case_id, scored.rows(post, self._generate(scored.queries, edit)))
+        except (CaseError, ValueError) as error:
+            logger.warning("case %s failed: %s", case_id, error)
+            return CaseResult(case_id, failed_rows(case_id, self.options.config), str(error))
 
     def _edit_group(self, group: list[ScoredCase]) -> Iterator[CaseResult]:
         self._restore(self._unrestored)
@@ -171,7 +233,7 @@ class Engine:
         try:
             for scored in group:
                 torch.manual_seed(case_seed(self.options.seed, scored.case.case_id))
-                applied.append(self.method.apply(self.adapter, scored.case))
+                applied += self._apply(scored.case)
             last = applied[-1]  # sequential: the last edit sees the cumulative state
             results = []
             for scored in group:
@@ -180,7 +242,7 @@ class Engine:
                 results.append(CaseResult(scored.case.case_id, scored.rows(post, post_text)))
         except (CaseError, ValueError) as error:
             logger.warning("edit of case(s) %s failed: %s", [s.case.case_id for s in group], error)
-            results = [CaseResult(s.case.case_id, failed_rows(s.case.case_id), str(error)) for s in group]
+            results = [CaseResult(s.case.case_id, failed_rows(s.case.case_id, self.options.config), str(error)) for s in group]
         finally:
             if self.method.stale_baseline:
                 self._unrestored = applied

@@ -87,7 +87,7 @@ def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tens
 
 def compared_positions(batch: EncodedBatch, row: int) -> slice:
     """The positions of ``row`` whose top-k the token-protocol locality compares, by the batch's
-    named choice (:data:`editors.presets.POSITION_CHOICES`): ``all_but_last`` the valid positions,
+    named choice (:data:`editors.presets.POSITIONS`): ``all_but_last`` the valid positions,
     ``all`` those and the row's last one (the reference's trainer path takes the top-k of every
     logits position), ``answer`` the positions predicting the answer (the reference's IKE)."""
     valid, answer = batch.valid_positions[row], batch.answer_slices[row]

@@ -22,11 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: positions whose top-k pre/post agreement the token protocol's locality compares:
-#: ``all_but_last`` every real position predicting a next token (the last real token predicts
-#: nothing of the query), ``all`` every logits position of the row, the last included,
-#: ``answer`` only the positions predicting the answer tokens
-POSITION_CHOICES = ("all_but_last", "all", "answer")
+#: which positions of a locality query are compared (top-``k`` ids, pre- against post-edit); the
+#: query table (:mod:`editors.queries`) and the presets name one of these
+POSITIONS = {
+    # every position that predicts a next token of the query, image positions included, up to the
+    # one predicting the answer's last token (the position after it predicts nothing of the query)
+    "all_but_last": "every position predicting a token of the query",
+    # the reference's trainer path (trainer/MultimodalTrainer.py): the top-k of every logits position
+    "all": "every position of the row, the last one included",
+    # the reference's IKE (easyeditor/evaluate/evaluate.py): logits[:, :-1][:, -len(labels):]
+    "answer": "the positions predicting the answer's tokens",
+}
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class PromptForm:
     model places it) with targets ``tok(answer_prefix + answer, add_special_tokens=False)`` read
     at the last ``len(targets)`` positions before the row's end, as the reference reads its labels;
     otherwise the family's own prompt with the answer tokens as they are in context.
-    ``positions`` names the positions locality compares (:data:`POSITION_CHOICES`).
+    ``positions`` names the positions locality compares (a key of :data:`POSITIONS`).
     """
 
     reference: bool = False
@@ -46,8 +52,8 @@ class PromptForm:
     positions: str = "all_but_last"
 
     def __post_init__(self) -> None:
-        if self.positions not in POSITION_CHOICES:
-            raise ValueError(f"unknown locality positions {self.positions!r}; expected one of {POSITION_CHOICES}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown locality positions {self.positions!r}; expected one of {sorted(POSITIONS)}")
 
 
 #: the reference's FT recipe shared by FT-LLM and FT-vision (``easyeditor/trainer/algs/FT.py``):

@@ -39,6 +39,7 @@ from editors.adapters import ModelAdapter, Query, load_adapter
 from editors.cases import CaseSequence, EditCase
 from editors.forward import prefix_then_rows, shared_prefix_length
 from editors.methods.ike import case_demonstrations, in_context_prompt
+from editors.queries import spec
 from editors.tiny import BUILDERS, TinySpec, build_tiny_model
 from kebench_hf.construct.mmkg import KnowledgeGraph, read_mmkg
 from kebench_hf.construct.questions import image_subject, relation_noun, relation_question
@@ -93,26 +94,20 @@ SHORT_RECIPE = PretrainConfig(steps=300, max_demonstrations=8, vision_steps=200,
 
 def pre_edit_queries(case: EditCase) -> list[Query]:
     """What the model must answer before the edit: the old answer and the locality answers."""
-    return [
-        Query(case.src, case.pred, case.image),
-        Query(case.rephrase, case.pred, case.image),
-        Query(case.src, case.pred, case.image_rephrase),
-        Query(case.rephrase, case.pred, case.image_rephrase),
-        Query(case.m_loc_q, case.m_loc_a, case.m_loc),
-        Query(case.loc, case.loc_ans, None),
-    ]
+    old = [spec(name).query(case, answer=case.pred) for name in ("reliability", "t_generality", "i_generality")]
+    # the rephrase on the other image too, which no metric asks
+    return [*old, Query(case.rephrase, case.pred, case.image_rephrase),
+            *(spec(name).query(case) for name in ("i_locality", "t_locality"))]
+
+
+#: the queries read after an IKE context, by name (in the order pretraining has always drawn them)
+IN_CONTEXT = ("reliability", "t_generality", "i_generality", "i_locality", "t_locality")
 
 
 def in_context_queries(case: EditCase, context: str) -> list[Query]:
-    """``case``'s queries read after an IKE context holding its new fact: the edited ones answer
-    ``alt``, the unrelated ones keep their answers."""
-    return [
-        Query(case.src, case.alt, case.image, context),
-        Query(case.rephrase, case.alt, case.image, context),
-        Query(case.src, case.alt, case.image_rephrase, context),
-        Query(case.m_loc_q, case.m_loc_a, case.m_loc, context),
-        Query(case.loc, case.loc_ans, None, context),
-    ]
+    """``case``'s queries read after an IKE context holding its new fact (:data:`IN_CONTEXT`): the
+    edited ones answer ``alt``, the unrelated ones keep their answers."""
+    return [spec(name).query(case, context=context) for name in IN_CONTEXT]
 
 
 @dataclass
@@ -454,8 +449,8 @@ def evaluate_pretraining(adapter: ModelAdapter, world: World, mixture: Mixture, 
         "reliability_new_answer": [Query(case.src, case.alt, case.image) for case in cases],
         "t_locality_answer": [Query(case.loc, case.loc_ans) for case in cases],
         "i_locality_answer": [Query(case.m_loc_q, case.m_loc_a, case.m_loc) for case in cases],
-        "in_context_new_answer": [queries[0] for queries in in_context],
-        "in_context_locality_answer": [queries[4] for queries in in_context],
+        "in_context_new_answer": [queries[IN_CONTEXT.index("reliability")] for queries in in_context],
+        "in_context_locality_answer": [queries[IN_CONTEXT.index("t_locality")] for queries in in_context],
     }
     return {name: round(answer_token_accuracy(adapter, queries), 4) for name, queries in probes.items() if queries}
 

@@ -7,7 +7,12 @@ A run directory holds
 * ``predictions.parquet`` -- all rows in the metric's schema (``metric.kebench.PREDICTION_FEATURES``);
 * ``scores.json`` -- the metric's output for both protocols;
 * ``run.json`` -- model, family, method + hyper-parameters, data + fingerprint, versions, seed,
-  seconds per edit, peak memory, counts of failed cases.
+  the editing protocol, seconds per edit, peak memory, counts of failed cases.
+
+Editing protocols: each edit scored alone and restored (the default); ``--sequential N`` (ours:
+groups of N edits applied together, all N scored, restored); ``--sequential-gap G`` (VLKEB's
+``test_sequential_editing.py``: see :meth:`editors.engine.Engine.run_gap`), whose runs for several G
+:func:`lifelong` draws as curves.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import random
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editors.cases import METRICS, CaseError, CaseSequence, EditCase
+from editors.cases import CaseError, CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, get_method, method_names
 from editors.presets import Preset, get_preset, select_hop, without_portability
+from editors.queries import DEFAULT_CONFIG, config_metrics, metric_titles
 from kebench_hf.constants import MODEL_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -50,12 +56,15 @@ class RunSettings:
     out: Path
     model: str | None = None
     data: str | None = None
-    config: str = "edit"
+    config: str = DEFAULT_CONFIG
     split: str = "test"
     limit: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     sequential: int = 1
+    #: VLKEB's sequential-gap protocol with this gap G (None: not used); ``limit`` then counts the
+    #: cases scored, and the G cases after them are edited only
+    sequential_gap: int | None = None
     resume: bool = False
     editor: Path | None = None
     seed: int = 0
@@ -201,6 +210,16 @@ def run(settings: RunSettings) -> dict[str, Any]:
         raise ValueError(f"--sequential must be >= 1, got {settings.sequential}")
     if settings.sequential > 1 and not method.supports_sequential:
         raise ValueError(f"method {settings.method!r} does not support --sequential (it changes no weights)")
+    gap = settings.sequential_gap
+    if gap is not None:
+        if gap < 0:
+            raise ValueError(f"--sequential-gap must be >= 0, got {gap}")
+        if not method.supports_sequential:
+            raise ValueError(f"method {settings.method!r} does not support --sequential-gap (it changes no weights)")
+        if settings.sequential > 1:
+            raise ValueError("--sequential and --sequential-gap are two protocols; choose one")
+        if settings.resume:
+            raise ValueError("--sequential-gap runs cannot --resume: the edited model of an interrupted run is not saved")
     if settings.dtype not in MODEL_DTYPES:
         raise ValueError(f"unknown dtype {settings.dtype!r}; expected one of {MODEL_DTYPES}")
     check_device(settings.device)  # before building the default world or model
@@ -211,8 +230,12 @@ def run(settings: RunSettings) -> dict[str, Any]:
     data = str(settings.data) if settings.data else str(default_world())
     rows = load_split(data, settings.config, settings.split)
     if settings.limit is not None:
-        rows = rows.select(range(min(settings.limit, len(rows))))
+        # the gap protocol edits G more cases than it scores
+        rows = rows.select(range(min(settings.limit + (gap or 0), len(rows))))
     rows = preset_rows(rows, preset, settings.hop)
+    scored = len(rows) if gap is None else min(settings.limit or len(rows), len(rows) - gap)
+    if gap is not None and scored < 1:
+        raise ValueError(f"--sequential-gap {gap} needs more than {gap} cases; the split has {len(rows)}")
     try:
         train = load_split(data, "edit", "train")
     except ValueError:
@@ -235,12 +258,16 @@ def run(settings: RunSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     done = finished_cases(jsonl)
     _rewrite_jsonl(jsonl, done)  # drops a torn line before appending
-    engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed))
+    engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed, config=settings.config))
+    if gap is None:
+        results = engine.run(_cases(rows, set(done)), sequential=settings.sequential)
+    else:
+        results = engine.run_gap(list(_cases(rows, set())), gap, scored)
     edit_seconds: list[float] = []
-    progress = tqdm(total=len(rows), initial=len(done), desc=f"{settings.method}", unit="edit", disable=None)
+    progress = tqdm(total=scored, initial=len(done), desc=f"{settings.method}", unit="edit", disable=None)
     with jsonl.open("a") as sink:
         last = time.perf_counter()
-        for result in engine.run(_cases(rows, set(done)), sequential=settings.sequential):
+        for result in results:
             now = time.perf_counter()
             seconds = now - last
             last = now
@@ -310,6 +337,7 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
         "limit": settings.limit,
         "dataset_fingerprint": fingerprint,
         "sequential": settings.sequential,
+        "edit_protocol": edit_protocol(settings, rows, records),
         "preset": get_preset(settings.preset).describe(),
         "protocols": ["token", "generate"] if settings.generate else ["token"],
         "hop": settings.hop,
@@ -340,20 +368,44 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
     }
 
 
+def edit_protocol(settings: RunSettings, rows: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the edits of a run were applied and undone (run.json's ``edit_protocol``)."""
+    if settings.sequential_gap is not None:
+        scored = {record["case_id"] for record in records}
+        return {
+            "name": "sequential_gap",
+            "gap": settings.sequential_gap,
+            "scored_cases": len(scored),
+            "edit_only_case_ids": [case_id for case_id in rows["case_id"] if case_id not in scored],
+            "about": "VLKEB's test_sequential_editing.py: every pre-edit output on the unedited model first; "
+                     "edits accumulate in order, never restored during the run; case i is scored after edits "
+                     "0..i+gap; the gap cases after the last scored one are edited only; all restored at the end",
+        }
+    if settings.sequential > 1:
+        return {"name": "sequential_groups", "group": settings.sequential,
+                "about": "ours (not the reference's): groups of N edits applied together, all N cases scored on "
+                         "the model holding the group's edits, then restored"}
+    return {"name": "single", "about": "each case edited alone, scored, and the model restored before the next"}
+
+
 # -- the main job -------------------------------------------------------------------------------
-TABLE_HEADERS = ("Rel.", "T-Gen.", "I-Gen.", "T-Loc.", "I-Loc.", "Port.")
+def table_columns(config: str = DEFAULT_CONFIG) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(scores, titles)`` of a table's columns: the scores of ``config``'s cases (:mod:`editors.queries`)."""
+    metrics = config_metrics(config)
+    return metrics, metric_titles(metrics)
 
 
-def score_cells(scores: dict[str, float | None]) -> str:
-    """The six scores (the metric's ``scores``) as Markdown table cells, in the paper's order."""
-    return " | ".join("-" if scores[name] is None else f"{scores[name]:.1f}" for name in METRICS)
+def score_cells(scores: dict[str, float | None], config: str = DEFAULT_CONFIG) -> str:
+    """The scores of ``config``'s cases (the metric's ``scores``) as Markdown table cells, in table order."""
+    return " | ".join("-" if scores[name] is None else f"{scores[name]:.1f}" for name in table_columns(config)[0])
 
 
-def score_table(results: dict[str, dict[str, Any]], protocol: str) -> str:
-    """A Markdown table like the paper's Table 3: one row per method, the six scores."""
-    lines = [f"| method ({protocol}) | " + " | ".join(TABLE_HEADERS) + " |", "|---" * (len(TABLE_HEADERS) + 1) + "|"]
+def score_table(results: dict[str, dict[str, Any]], protocol: str, config: str = DEFAULT_CONFIG) -> str:
+    """A Markdown table like the paper's Table 3: one row per method, the scores of ``config``'s cases."""
+    headers = table_columns(config)[1]
+    lines = [f"| method ({protocol}) | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
     for name, scores in results.items():
-        lines.append(f"| {name} | {score_cells(scores[protocol]['scores'])} |")
+        lines.append(f"| {name} | {score_cells(scores[protocol]['scores'], config)} |")
     return "\n".join(lines)
 
 
@@ -364,13 +416,14 @@ def plot_scores(results: dict[str, dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics, headers = table_columns()
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     width = 0.8 / max(1, len(results))
     for axis, protocol in zip(axes, ("token", "generate"), strict=True):
         for index, (name, scores) in enumerate(results.items()):
-            values = [scores[protocol]["scores"][c] or 0.0 for c in METRICS]
-            axis.bar(np.arange(len(METRICS)) + index * width, values, width, label=name)
-        axis.set_xticks(np.arange(len(METRICS)) + width * (len(results) - 1) / 2, TABLE_HEADERS)
+            values = [scores[protocol]["scores"][c] or 0.0 for c in metrics]
+            axis.bar(np.arange(len(metrics)) + index * width, values, width, label=name)
+        axis.set_xticks(np.arange(len(metrics)) + width * (len(results) - 1) / 2, headers)
         axis.set_title(f"{protocol} protocol")
         axis.set_ylim(0, 100)
     axes[0].set_ylabel("score (%)")
@@ -395,4 +448,74 @@ def main_job(out_root: Path | None = None, methods: list[str] | None = None, lim
     tables = "\n\n".join(score_table(results, protocol) for protocol in ("token", "generate"))
     (root / "table.md").write_text(tables + "\n")
     plot_scores(results, root / "scores.png")
+    return root
+
+
+# -- the lifelong curve ---------------------------------------------------------------------------
+LIFELONG_TABLE = "lifelong.md"
+LIFELONG_PLOT = "lifelong.png"
+
+
+def running_scores(predictions: Path, gap: int, config: str = DEFAULT_CONFIG) -> dict[str, list[float | None]]:
+    """The token-protocol scores of a gap run as it went: after its j-th scored case, the mean over
+    cases 1..j (what the reference's running average logs), against the edits then in the model
+    (``j + gap``: the case's own, those before it and the ``gap`` after it). ``{"edits": [...], score: [...]}``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from metric.kebench import score_predictions
+
+    table = pq.read_table(predictions)
+    case_ids = list(dict.fromkeys(table.column("case_id").to_pylist()))
+    metrics = config_metrics(config)
+    curve: dict[str, list[float | None]] = {"edits": [], **{name: [] for name in metrics}}
+    for count in range(1, len(case_ids) + 1):
+        prefix = table.filter(pc.is_in(table.column("case_id"), value_set=pa.array(case_ids[:count])))
+        scores = score_predictions(prefix, protocol="token", bootstrap=0)["scores"]
+        curve["edits"].append(count + gap)
+        for name in metrics:
+            curve[name].append(scores[name])
+    return curve
+
+
+def plot_lifelong(curves: dict[int, dict[str, list[float | None]]], path: Path, config: str = DEFAULT_CONFIG) -> Path:
+    """One panel per score, each against the number of edits in the model, one line per gap (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics, headers = table_columns(config)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), sharey=True, squeeze=False)
+    for axis, name, header in zip(axes[0], metrics, headers, strict=True):
+        for gap, curve in curves.items():
+            points = [(edits, value) for edits, value in zip(curve["edits"], curve[name], strict=True) if value is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), label=f"gap {gap}")
+        axis.set_title(header)
+        axis.set_xlabel("edits in the model")
+        axis.set_ylim(0, 100)
+    axes[0][0].set_ylabel("running mean (%)")
+    axes[0][-1].legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def lifelong(settings: RunSettings, gaps: list[int]) -> Path:
+    """The sequential-gap protocol for each of ``gaps`` (runs in ``OUT/gap-G``), their scores as one
+    table (``lifelong.md``, a row per gap) and their curves (``lifelong.png``); returns ``OUT``."""
+    if not gaps or len(set(gaps)) != len(gaps):
+        raise ValueError(f"--sequential-gap expects distinct gaps, got {gaps}")
+    root = Path(settings.out)
+    results, curves = {}, {}
+    for gap in gaps:
+        run_dir = root / f"gap-{gap}"
+        results[f"gap {gap}"] = run(replace(settings, out=run_dir, sequential_gap=gap))
+        curves[gap] = running_scores(run_dir / PREDICTIONS_PARQUET, gap, settings.config)
+    tables = "\n\n".join(score_table(results, protocol, settings.config) for protocol in ("token", "generate"))
+    (root / LIFELONG_TABLE).write_text(tables + "\n")
+    plot_lifelong(curves, root / LIFELONG_PLOT, settings.config)
     return root

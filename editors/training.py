@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import EditCase
 from editors.methods.base import MethodConfig
+from editors.queries import trained_specs
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,32 @@ class EditorFileError(ValueError):
 
 # -- the queries of an edit case --------------------------------------------------------------------
 
-
-def generality_queries(case: EditCase) -> list[Query]:
-    """The edit query, its text rephrase (T-Generality) and its other image (I-Generality)."""
-    return [case.edit_query, Query(case.rephrase, case.alt, case.image), Query(case.src, case.alt, case.image_rephrase)]
+# Looked up in the query table at each call, so that a spec added there is learnt from too.
 
 
-def locality_queries(case: EditCase) -> list[Query]:
-    """Text-only (T-Locality) and image (I-Locality) queries whose answers must not move."""
-    return [Query(case.loc, case.loc_ans), Query(case.m_loc_q, case.m_loc_a, case.m_loc)]
+def trained_queries(case: EditCase) -> list[Query]:
+    """The case's queries a trained editor learns from (one per :func:`~editors.queries.trained_specs`)."""
+    return [spec.query(case) for spec in trained_specs()]
+
+
+def in_scope_rows() -> tuple[int, ...]:
+    """Rows of :func:`trained_queries` in the scope of the edit (their answer becomes the new one)."""
+    return tuple(row for row, spec in enumerate(trained_specs()) if spec.in_scope)
+
+
+def out_of_scope_rows() -> tuple[int, ...]:
+    """Rows of :func:`trained_queries` whose output the edit must leave alone."""
+    return tuple(row for row, spec in enumerate(trained_specs()) if not spec.in_scope)
+
+
+def edit_row() -> int:
+    """The row of :func:`trained_queries` that is the query the edit is made on (the reliability query)."""
+    return [spec.name for spec in trained_specs()].index("reliability")
+
+
+def in_scope_queries(case: EditCase) -> list[Query]:
+    """The case's queries whose answer the edit changes (edit, rephrase, other image)."""
+    return [spec.query(case) for spec in trained_specs() if spec.in_scope]
 
 
 def edit_condition(case: EditCase) -> str:

@@ -22,9 +22,9 @@ import pyarrow.compute as pc
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
+METRICS = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability", "edit_onehop")
 #: metrics scored against the answer (the others compare post-edit with pre-edit outputs)
-TARGET_METRICS = ("reliability", "t_generality", "i_generality", "portability")
+TARGET_METRICS = ("reliability", "t_generality", "i_generality", "portability", "edit_onehop")
 LOCALITY_METRICS = ("t_locality", "i_locality")
 PROTOCOLS = ("token", "generate")
 

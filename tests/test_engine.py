@@ -15,6 +15,7 @@ from editors.cases import CaseSequence, case_from_row
 from editors.engine import Engine, EngineOptions
 from editors.forward import TopLayers, model_logits
 from editors.methods.ft_llm import FTLLM
+from editors.queries import DEFAULT_CONFIG, case_queries
 from editors.run import RunSettings, load_split, make_method
 from metric.kebench import score_predictions
 
@@ -31,7 +32,7 @@ def train_cases(tiny_world) -> CaseSequence:
 
 def test_prefix_cache_and_top_layers_give_the_plain_logits(llava, test_split):
     case = CaseSequence(test_split)[0]
-    queries = [replace(query, context="New Fact: a b\nPrompt: c d\n\nNew Fact: e f\nPrompt:") for _, query in case.queries()]
+    queries = [replace(query, context="New Fact: a b\nPrompt: c d\n\nNew Fact: e f\nPrompt:") for _, _, query in case_queries(case, DEFAULT_CONFIG)]
     batch = llava.encode(queries)
     with torch.no_grad():
         cached, offset = model_logits(llava, batch)

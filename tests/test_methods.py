@@ -11,6 +11,7 @@ from editors.forward import score_queries
 from editors.methods import METHODS, get_method
 from editors.methods.base import fine_tune
 from editors.methods.ike import demonstration
+from editors.queries import DEFAULT_CONFIG, case_queries
 from editors.run import load_split, make_method
 
 
@@ -122,7 +123,7 @@ def test_ike_retrieves_nearest_demonstrations_and_changes_no_weight(llava, test_
 
     before = state(llava.model)
     case = test_cases[0]
-    queries = [query for _, query in case.queries()]
+    queries = [query for _, _, query in case_queries(case, DEFAULT_CONFIG)]
     edit = ike.apply(llava, case)
     pre = score_queries(llava, queries, [1] * len(queries))
     post = edit.score(queries, [1] * len(queries))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from editors import run as runs
+from editors.queries import DEFAULT_CONFIG, case_queries
 from editors.run import RunSettings
 from kebench_hf.cli import main
 from metric.kebench import PREDICTION_SCHEMA, score_predictions
@@ -110,7 +111,7 @@ def test_shared_context_prefix_is_exact_in_every_family(tiny_models, tiny_world)
     from editors.forward import model_logits
 
     case = CaseSequence(runs.load_split(tiny_world, "edit", "test"))[0]
-    queries = [replace(query, context="New Fact: a b\nPrompt:") for _, query in case.queries()]
+    queries = [replace(query, context="New Fact: a b\nPrompt:") for _, _, query in case_queries(case, DEFAULT_CONFIG)]
     for arch, model in tiny_models.items():
         adapter = load_adapter(model)
         batch = adapter.encode(queries)

@@ -20,6 +20,7 @@ from editors.adapters.base import Query
 from editors.cases import CaseSequence
 from editors.forward import score_queries
 from editors.methods import get_method
+from editors.queries import DEFAULT_CONFIG, case_queries
 from editors.training import EditorFileError, MetaTrainingConfig, meta_train
 from kebench_hf.builder import load_kebench
 from kebench_hf.cli import main
@@ -128,7 +129,7 @@ def test_serac_routes_edits_to_counterfactual_and_leaves_the_rest(llava, editors
 @pytest.mark.parametrize("name", ["mend", "ke", "serac"])
 def test_reloaded_editor_gives_identical_predictions(name, llava, editors, splits):
     train, test = splits
-    queries = [query for _, query in test[1].queries()]
+    queries = [query for _, _, query in case_queries(test[1], DEFAULT_CONFIG)]
     results = []
     for _ in range(2):
         method = loaded(name, llava, editors[name], train)
@@ -218,3 +219,12 @@ def test_kebench_run_uses_a_trained_editor_sequentially(name, tiny_llava, tiny_w
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["method_info"]["editor_dir"] == str(editors[name])
     assert info["method_info"]["training"]["steps"] == SETTINGS[name]["max_steps"]
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_edit_onehop_makes_both_edits_and_restores(name, llava, editors, splits, tiny_world):
+    from tests.test_protocols import check_onehop_run
+
+    method = loaded(name, llava, editors[name], splits[0])
+    check_onehop_run(method, llava, CaseSequence(load_kebench(tiny_world, "edit_onehop")["test"]))
+    assert getattr(method, "memory", []) == []

@@ -55,7 +55,7 @@ class EncodedBatch:
     batch whose queries share one context: the engine runs them once and reuses their KV cache.
 
     ``positions`` names which positions the token-protocol locality compares
-    (:data:`editors.presets.POSITION_CHOICES`; :func:`editors.forward.compared_positions`).
+    (:data:`editors.presets.POSITIONS`; :func:`editors.forward.compared_positions`).
     """
 
     inputs: dict[str, torch.Tensor]

@@ -11,6 +11,7 @@ import importlib
 from editors.methods.base import AppliedEdit, EditMethod, MethodConfig
 
 METHODS: dict[str, str] = {
+    "none": "editors.methods.none:NoEdit",
     "ft-vision": "editors.methods.ft_vision:FTVision",
     "ft-llm": "editors.methods.ft_llm:FTLLM",
     "ike": "editors.methods.ike:IKE",

@@ -166,6 +166,10 @@ class EditMethod(ABC):
     requires_training: ClassVar[bool] = False
     #: whether ``--sequential N`` (N edits applied cumulatively) makes sense for this method
     supports_sequential: ClassVar[bool] = True
+    #: True when the method's edits reach the model only through an image (FT on the vision side): a
+    #: text-only fact (edit-one-hop's second edit) is then made on the case's edit image, as the
+    #: reference's ``edit_twice_img`` does for it
+    edits_through_image: ClassVar[bool] = False
     #: True when the edit lives in the prompt (IKE): the presets compare its locality elsewhere
     edits_prompt: ClassVar[bool] = False
 
@@ -189,6 +193,24 @@ class EditMethod(ABC):
     @abstractmethod
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         """Make ``case``'s edit; the returned edit scores queries and restores the model."""
+
+    def apply_all(self, adapter: ModelAdapter, cases: list[EditCase]) -> list[AppliedEdit]:
+        """Make several edits that hold together (edit-one-hop's two), in order, each on the model the
+        previous one left; the last returned answers for all of them, restoring goes in reverse.
+        All or nothing: when one fails, those before it are undone before the error propagates."""
+        edits: list[AppliedEdit] = []
+        try:
+            for case in cases:
+                edits.append(self.apply(adapter, case))
+        except BaseException:
+            for edit in reversed(edits):
+                edit.restore()
+            raise
+        return edits
+
+    def target_case(self, case: EditCase) -> EditCase:
+        """``case`` as its queries are scored after this method's edit: by default, expecting the new answer."""
+        return case
 
     def first_edited_layer(self, adapter: ModelAdapter) -> int | None:
         """The lowest decoder layer this method's edits can change, when every change is confined to

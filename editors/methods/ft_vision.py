@@ -22,6 +22,7 @@ class FTVision(FineTuneMethod):
     name = "ft-vision"
     config_class = FTVisionConfig
     config: FTVisionConfig
+    edits_through_image = True
 
     def trained_module(self, adapter: ModelAdapter) -> nn.Module:
         return adapter.vision_side_module()

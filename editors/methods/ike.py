@@ -140,5 +140,13 @@ class IKE(EditMethod):
             demos = [self.demonstrations[index] for index in reversed(nearest)]
         return ContextEdit(adapter, in_context_prompt(demos, case.src, case.alt))
 
+    def apply_all(self, adapter: ModelAdapter, cases: list[EditCase]) -> list[AppliedEdit]:
+        """Every fact in one context: ``cases[0]``'s (its demonstrations, its new fact), each later new
+        fact after it, then the query (the context's closing ``Prompt:``)."""
+        context = self.apply(adapter, cases[0]).context.removesuffix("Prompt:")
+        for case in cases[1:]:
+            context += in_context_prompt([], case.src, case.alt).removesuffix("Prompt:")
+        return [ContextEdit(adapter, context + "Prompt:")]
+
     def run_info(self) -> dict[str, Any]:
         return {"embedder": getattr(getattr(self, "embedder", None), "name", None)}

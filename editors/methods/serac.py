@@ -34,15 +34,18 @@ from editors.forward import Readout, TopLayers, score_queries
 from editors.methods.base import AppliedEdit
 from editors.methods.ike import in_context_prompt
 from editors.methods.trained import TrainedMethod
+from editors.queries import trained_specs
 from editors.training import (
     MetaTrainingConfig,
     answer_accuracy,
     answer_nll,
-    generality_queries,
+    edit_row,
     held_out_split,
-    locality_queries,
+    in_scope_queries,
+    in_scope_rows,
     meta_train,
     model_logits,
+    trained_queries,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,23 +168,25 @@ class SERAC(TrainedMethod):
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, adapter: ModelAdapter, cases: list[EditCase], checkpoint_dir: Path) -> dict[str, Any]:
-        # per case, 5 queries: edit, rephrase, other image (in scope), text and image locality (not)
-        queries = [query for case in cases for query in generality_queries(case) + locality_queries(case)]
-        representations = self.represent(adapter, queries).view(len(cases), 5, -1)
+        # per case, its trained queries: the edit, rephrase, other image (in scope), the localities (not)
+        queries = [query for case in cases for query in trained_queries(case)]
+        representations = self.represent(adapter, queries).view(len(cases), len(trained_specs()), -1)
+        in_scope, edit = list(in_scope_rows()), edit_row()
+        own_labels = [float(spec.in_scope) for spec in trained_specs()]
         position = {id(case): index for index, case in enumerate(cases)}
         sampler = random.Random(self.config.seed)
 
         def scope_logits(case: EditCase, others: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-            """The case's 5 queries + other cases' 3 edited queries, against the case's edit."""
+            """The case's queries + other cases' in-scope queries, against the case's edit."""
             own = representations[position[id(case)]]
-            queries = torch.cat([own, *(representations[other, :3] for other in others)])
-            logits = self.editor.classifier(own[:1], queries)[0]
+            queries = torch.cat([own, *(representations[other, in_scope] for other in others)])
+            logits = self.editor.classifier(own[edit : edit + 1], queries)[0]
             # another case about the same old entity is in scope of this edit too
-            labels = [1.0, 1.0, 1.0, 0.0, 0.0] + [float(cases[o].pred == case.pred) for o in others for _ in range(3)]
+            labels = own_labels + [float(cases[o].pred == case.pred) for o in others for _ in in_scope]
             return logits, torch.tensor(labels, device=logits.device)
 
         def counterfactual_logits(case: EditCase):
-            batch = adapter.encode([replace(q, context=edit_context(case)) for q in generality_queries(case)])
+            batch = adapter.encode([replace(q, context=edit_context(case)) for q in in_scope_queries(case)])
             batch = batch.to(adapter.device)
             return model_logits(adapter, batch, self.editor.counterfactual_weights()), batch
 
@@ -189,14 +194,15 @@ class SERAC(TrainedMethod):
             others = [sampler.randrange(len(cases)) for _ in range(self.config.negative_cases)]
             logits, labels = scope_logits(case, others)
             answers, batch = counterfactual_logits(case)
-            return F.binary_cross_entropy_with_logits(logits, labels) + answer_nll(answers, batch, range(3))
+            return F.binary_cross_entropy_with_logits(logits, labels) + answer_nll(answers, batch, range(len(batch.target_ids)))
 
         def validation_score(case: EditCase) -> float:
             with torch.no_grad():
                 own = position[id(case)]
                 logits, labels = scope_logits(case, [(own + k) % len(cases) for k in range(1, self.config.negative_cases + 1)])
                 answers, batch = counterfactual_logits(case)
-            return ((logits > 0).float() == labels).float().mean().item() + answer_accuracy(answers, batch, range(3))
+            rows = range(len(batch.target_ids))
+            return ((logits > 0).float() == labels).float().mean().item() + answer_accuracy(answers, batch, rows)
 
         groups = [
             {"params": list(self.editor.classifier.parameters()), "lr": self.config.lr},
@@ -213,13 +219,14 @@ class SERAC(TrainedMethod):
     @torch.no_grad()
     def scope_quality(self, representations: torch.Tensor, entities: list[str]) -> dict[str, float]:
         """Precision / recall of the classifier over every (edit, query) pair of the given cases."""
-        edits = representations[:, 0]
+        edits = representations[:, edit_row()]
         predicted = torch.sigmoid(self.editor.classifier(edits, representations.flatten(0, 1))) > self.config.threshold
         labels = torch.zeros_like(predicted)
+        per_case = representations.shape[1]
         for edit, entity in enumerate(entities):
             for case, other in enumerate(entities):
                 if other == entity:
-                    labels[edit, 5 * case : 5 * case + 3] = True
+                    labels[edit, [per_case * case + row for row in in_scope_rows()]] = True
         true_positives = (predicted & labels).sum().item()
         return {
             "precision": round(true_positives / max(1, predicted.sum().item()), 4),

@@ -33,22 +33,21 @@ from editors.training import (
     answer_nll,
     base_model_identity,
     check_base_model,
+    edit_row,
     edited_weights,
-    generality_queries,
     gradient_factors,
+    in_scope_rows,
     locality_kl,
-    locality_queries,
     meta_train,
     model_logits,
+    out_of_scope_rows,
     read_editor,
     save_editor,
+    trained_queries,
 )
 from kebench_hf.paths import cache_dir
 
 logger = logging.getLogger(__name__)
-
-GENERALITY_ROWS = (0, 1, 2)
-LOCALITY_ROWS = (3, 4)
 
 
 class TrainedMethod(EditMethod):
@@ -196,27 +195,27 @@ class WeightUpdateMethod(TrainedMethod):
         return {name: weight - updates[name].to(weight.dtype) for name, weight in self.weights.items()}, unedited
 
     def training_loss(self, adapter: ModelAdapter, case: EditCase) -> torch.Tensor:
-        batch = adapter.encode(generality_queries(case) + locality_queries(case)).to(adapter.device)
-        new_weights, unedited = self.edited(adapter, case, batch)
+        batch = adapter.encode(trained_queries(case)).to(adapter.device)
+        new_weights, unedited = self.edited(adapter, case, batch, (edit_row(),))
         edited = model_logits(adapter, batch, new_weights)
-        return answer_nll(edited, batch, GENERALITY_ROWS) + self.config.locality_weight * locality_kl(
-            unedited, edited, batch, LOCALITY_ROWS
+        return answer_nll(edited, batch, in_scope_rows()) + self.config.locality_weight * locality_kl(
+            unedited, edited, batch, out_of_scope_rows()
         )
 
     def validation_score(self, adapter: ModelAdapter, case: EditCase) -> float:
         """Edited answer accuracy on generality queries + top-1 agreement on locality queries."""
-        batch = adapter.encode(generality_queries(case) + locality_queries(case)).to(adapter.device)
+        batch = adapter.encode(trained_queries(case)).to(adapter.device)
         with torch.no_grad():
-            new_weights, unedited = self.edited(adapter, case, batch)
+            new_weights, unedited = self.edited(adapter, case, batch, (edit_row(),))
             edited = model_logits(adapter, batch, new_weights)
         agreement = [
             (edited[row, batch.valid_positions[row]].argmax(-1) == unedited[row, batch.valid_positions[row]].argmax(-1))
             .float()
             .mean()
             .item()
-            for row in LOCALITY_ROWS
+            for row in out_of_scope_rows()
         ]
-        return answer_accuracy(edited, batch, GENERALITY_ROWS) + sum(agreement) / len(agreement)
+        return answer_accuracy(edited, batch, in_scope_rows()) + sum(agreement) / len(agreement)
 
     def fit(self, adapter: ModelAdapter, cases: list[EditCase], checkpoint_dir: Path) -> dict[str, Any]:
         return meta_train(
