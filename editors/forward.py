@@ -49,6 +49,8 @@ def shared_prefix_length(adapter: ModelAdapter, batch: EncodedBatch) -> int:
     if ids.shape[0] < 2 or not adapter.supports_prefix_cache:
         return 0
     length = min(compared_positions(batch, row).start for row in range(ids.shape[0]))
+    # image tokens share ids, not content: a batch may bound its shareable prefix (see the adapters)
+    length = min(length, batch.extra.get("shared_prefix_limit", length))
     if length == 0:
         return 0
     differs = (ids[:, :length] != ids[:1, :length]).any(dim=0).nonzero()

@@ -213,3 +213,24 @@ def reference_ike(model: Any, processor: Any, images_root: Path, records: list[d
             icl = "".join([stored[h["corpus_id"]] for h in hit] + [f"New Fact: {new_fact}\nPrompt: {new_fact}\n\n"])
             per_case.append(_ike_case(llava, record, icl))
     return _means(per_case)
+
+
+def reference_none(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The unedited model: portability as the reference's ``test_base_portability.py``
+    (``multihop_and_sequential`` branch, ``MultimodalTrainer.knowledge_qa``); beside it (ours, in the
+    same text form) the edit queries against the old answer, and locality, 100 with nothing edited."""
+    llava = ReferenceLLaVA(model, processor, images_root)
+    per_case = []
+    with torch.no_grad():
+        for record in records:
+            scores = {
+                "reliability": llava.accuracy(record["src"], record["image"], record["pred"]),
+                "t_generality": llava.accuracy(record["rephrase"], record["image"], record["pred"]),
+                "i_generality": llava.accuracy(record["src"], record["image_rephrase"], record["pred"]),
+                "t_locality": 1.0,
+                "i_locality": 1.0,
+            }
+            if "port" in record:
+                scores["portability"] = llava.accuracy(record["port"][0], record["image"], record["port"][1])
+            per_case.append(scores)
+    return _means(per_case)

@@ -85,6 +85,14 @@ def test_ike_gives_the_reference_loops_six_scores(tiny_llava, tiny_world, tmp_pa
     _assert_close(scores["scores"], expected)
 
 
+def test_none_gives_the_reference_loops_base_portability(tiny_llava, tiny_world, tmp_path, reference_model, records):
+    scores, info = _run(tiny_llava, tiny_world, tmp_path / "none", "none")
+    model, processor = reference_model
+    expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records)
+    _assert_close(scores["scores"], expected)
+    assert info["average"] == "case" and info["preset"]["one_hop_portability"]
+
+
 # -- the pieces --------------------------------------------------------------------------------------
 def test_llava_reference_form_is_bos_image_then_question_and_answer(tiny_llava, tiny_world):
     from PIL import Image

@@ -219,6 +219,13 @@ class ChatTemplateAdapter(ModelAdapter):
             rows.append(self.reference_row(f"{text} {query.answer}" if with_answer else text, ids))
         return rows, self._in_model_dtype(other)
 
+    def _first_image_position(self, row: list[int]) -> int:
+        """Where the row's image tokens start (its length when it has none)."""
+        image_token = getattr(self.processor, "image_token_id", None)
+        if image_token is None:
+            image_token = self.model.config.image_token_index
+        return row.index(image_token) if image_token in row else len(row)
+
     def _encode_reference(self, queries: list[Query]) -> EncodedBatch:
         rows, inputs = self._reference_rows(queries, with_answer=True)
         prefix = self.form.answer_prefix
@@ -238,6 +245,8 @@ class ChatTemplateAdapter(ModelAdapter):
             target_ids=targets,
             answer_slices=answer_slices,
             valid_positions=[slice(0, len(row) - 1) for row in rows],
+            # the image comes before the context here: rows sharing ids there need not share pixels
+            extra={"shared_prefix_limit": min(self._first_image_position(row) for row in rows)},
             positions=self.form.positions,
         )
 
