@@ -173,15 +173,15 @@ def select_hop(rows: Any, hop: int) -> Any:
     if not isinstance(hop, int) or isinstance(hop, bool) or not 1 <= hop <= 4:
         raise ValueError(f"--hop must be 1, 2, 3 or 4, got {hop!r}")
 
-    def first_of_hop(row: dict[str, Any]) -> dict[str, Any]:
-        items = [item for item in row["portability"] or [] if int(item.get("hop") or 1) == hop]
-        return {"portability": items[:1]}
+    def first_of_hop(items: list[dict[str, Any]] | None) -> dict[str, Any]:
+        return {"portability": [item for item in items or [] if int(item.get("hop") or 1) == hop][:1]}
 
     kept = [index for index, items in enumerate(rows["portability"])
             if any(int(item.get("hop") or 1) == hop for item in items or [])]
-    return rows.select(kept).map(first_of_hop)
+    # only the portability column passes through the function: images stay the stored bytes
+    return rows.select(kept).map(first_of_hop, input_columns=["portability"], features=rows.features)
 
 
 def without_portability(rows: Any) -> Any:
     """The rows with no portability question: the reference without ``hop`` scores none."""
-    return rows.map(lambda row: {"portability": []})
+    return rows.map(lambda items: {"portability": []}, input_columns=["portability"], features=rows.features)

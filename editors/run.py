@@ -293,7 +293,10 @@ def finish(out: Path, settings: RunSettings, adapter: Any, method: EditMethod, r
     order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
     records = sorted((r for r in done.values() if r["case_id"] in order), key=lambda r: order[r["case_id"]])
     table = to_table([row for record in records for row in record["rows"]])
-    pq.write_table(table, out / PREDICTIONS_PARQUET)
+    # the run metadata travels with the predictions: a file scored elsewhere still says how it was made
+    about = {"preset": settings.preset, "protocols": ["token", "generate"] if settings.generate else ["token"],
+             "method": method.name, "model_family": adapter.family, "config": settings.config, "hop": settings.hop}
+    pq.write_table(table.replace_schema_metadata({"kebench": json.dumps(about)}), out / PREDICTIONS_PARQUET)
     scores = {
         protocol: score_predictions(table, protocol=protocol, bootstrap=settings.bootstrap, seed=settings.seed)
         for protocol in ("token", "generate")

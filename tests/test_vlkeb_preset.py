@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def ours(tiny_llava, tiny_world, tmp_path_factory):
             out = tmp_path_factory.mktemp(method)
             settings = RunSettings(method=method, out=out, model=str(tiny_llava), data=str(tiny_world), limit=LIMIT,
                                    hop=1, generate=False, bootstrap=0, preset="vlkeb", method_options=options)
-            done[key] = run(settings)["token"], json.loads((out / "run.json").read_text())
+            done[key] = run(settings)["token"], {**json.loads((out / "run.json").read_text()), "out": str(out)}
         return done[key]
 
     return run_once
@@ -69,6 +71,8 @@ def test_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference
                                       "parameters": "reference", "reference_width": None,
                                       "reference_stale_baseline": stale} == info["hyperparameters"]
     assert info["preset"]["name"] == "vlkeb" and scores["preset"] == "vlkeb" and info["hop"] == 1
+    about = json.loads(pq.read_schema(Path(info["out"]) / "predictions.parquet").metadata[b"kebench"])
+    assert about["preset"] == "vlkeb" and about["protocols"] == ["token"] and about["hop"] == 1
     # byte-level BPE: tok(answer) lacks the leading space the answer has in context
     assert 0 < info["reference_targets"]["differ_from_in_context"] <= info["reference_targets"]["queries"]
 
