@@ -10,7 +10,8 @@ Two presets (see ``docs/protocols.md`` for every difference, with the reference'
   end, locality over every logits position (the last included) for methods that change weights
   and over answer positions only for in-context methods (IKE), the per-family hyper-parameters of
   the reference's ``hparams/*/*.yaml`` taken literally, KE micro-averaged over tokens,
-  portability scored one hop per run.
+  portability scored one hop per run. What it still does not reproduce is listed there too
+  ("Not reproduced under vlkeb").
 
 A preset only holds what differs; the adapters (prompt forms), :mod:`editors.forward` (positions
 compared) and the method configs (hyper-parameters) read it.
