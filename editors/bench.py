@@ -1,6 +1,6 @@
-"""``kebench bench``: our engine against a faithful reference-style loop, side by side.
+"""``kebench bench``: our engine against a loop run the reference's way, side by side (timing).
 
-The reference-style loop does what the reference code does per edit case: a deep copy of the
+The reference-style loop has the reference code's cost structure per edit case: a deep copy of the
 model, the processor called once per query, batch size 1 everywhere, pre-edit outputs recomputed
 for the case, and the method run the plain way (FT: every optimisation step through the whole
 network; IKE: the in-context prompt re-read with every query). Both loops compute the same
@@ -38,6 +38,7 @@ from editors.cases import CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions, ScoredCase, case_queries, case_seed
 from editors.forward import score_queries
 from editors.methods.base import EditMethod
+from editors.presets import KEBENCH, Preset, get_preset
 from editors.run import default_model, default_world, load_split, make_method
 from editors.tiny import TinySpec, build_tiny_model
 
@@ -127,12 +128,14 @@ def engine_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]
 
 
 def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]) -> list[dict[str, Any]]:
-    """The reference code's loop, producing the same rows as :class:`Engine` (token protocol)."""
+    """Our methods and prompts run the reference code's way (the cost structure, not its scoring:
+    that is ``--preset vlkeb``), producing the same rows as :class:`Engine` (token protocol)."""
     options = EngineOptions(generate=False)
     rows = []
     for case in cases:
         labels, queries, topk = case_queries(case, options)
         edited = type(adapter)(copy.deepcopy(adapter.model), adapter.processor)
+        edited.form = adapter.form
         pre = [score_queries(adapter, [query], [k])[0] for query, k in zip(queries, topk, strict=True)]
         torch.manual_seed(case_seed(options.seed, case.case_id))
         applied = method.apply(edited, case)
@@ -161,11 +164,13 @@ class _Totals:
 
 
 def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[EditCase], warm_up: EditCase,
-            train: CaseSequence) -> Measurement:
+            train: CaseSequence, preset: Preset = KEBENCH) -> Measurement:
     from metric.kebench import score_predictions
 
-    ours = make_method(method_name, {})
-    reference = make_method(method_name, REFERENCE_OPTIONS.get(method_name, {}))
+    settings = preset.settings(method_name, adapter.family)
+    ours = make_method(method_name, settings)
+    reference = make_method(method_name, {**settings, **REFERENCE_OPTIONS.get(method_name, {})})
+    adapter.form = preset.prompt_form(ours, adapter.family)
     for method in (ours, reference):
         method.prepare(adapter, train)
     adapter.model.requires_grad_(False)
@@ -239,12 +244,13 @@ def format_measurements(measurements: list[Measurement]) -> str:
 
 
 def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[str] | None = None,
-              device: str = "cpu", dtype: str = "float32", data: Path | None = None) -> str:
+              device: str = "cpu", dtype: str = "float32", data: Path | None = None, preset: str = "kebench") -> str:
     """Measure every (shape, method) on the first ``limit`` test cases of ``data`` (default: the
-    default world; the next case warms both loops up, untimed). Default shapes: ``tiny`` and
-    ``deep-narrow``."""
+    default world; the next case warms both loops up, untimed) under ``preset``'s prompt form and
+    hyper-parameters. Default shapes: ``tiny`` and ``deep-narrow``."""
     from editors.adapters import check_device, load_adapter
 
+    chosen = get_preset(preset)
     shapes = shapes or ["tiny", "deep-narrow"]
     for shape in shapes:  # before building anything
         _check_shape(shape)
@@ -260,5 +266,5 @@ def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[st
         adapter = load_adapter(shape_model(shape, data, device, torch_dtype), device=device, dtype=torch_dtype)
         for method_name in methods or ["ft-llm", "ike"]:
             logger.info("bench: %s / %s on %d cases", shape, method_name, len(cases))
-            measurements.append(measure(shape, adapter, method_name, cases, warm_up, train))
+            measurements.append(measure(shape, adapter, method_name, cases, warm_up, train, chosen))
     return format_measurements(measurements)

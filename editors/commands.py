@@ -44,16 +44,14 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _method_options(pairs: list[str]) -> dict[str, object]:
-    """``--set steps=20 --set lr=1e-3`` -> ``{"steps": 20, "lr": 0.001}`` (values read as JSON when they parse)."""
+    """``--set steps=20 --set lr=1e-3`` -> ``{"steps": "20", "lr": "1e-3"}``: the method's config
+    reads each value as its field's type (``MethodConfig.from_dict``), naming a bad one."""
     options: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+        options[key.strip()] = value
     return options
 
 
@@ -77,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         split=args.split or "test", limit=args.limit, device=args.device or "cpu", dtype=args.dtype or "float32",
         sequential=args.sequential or 1, resume=args.resume, editor=Path(args.editor) if args.editor else None,
         seed=args.seed or 0, generate=not args.no_generate, method_options=_method_options(args.set or []),
+        preset=args.preset or "kebench", hop=args.hop,
     )
     if args.sequential_gap:
         root = runs.lifelong(settings, args.sequential_gap)
@@ -91,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 _RUN_OPTIONS = ("method", "model", "data", "config", "split", "limit", "device", "dtype", "sequential",
-                "sequential_gap", "resume", "editor", "out", "seed", "no_generate", "set")
+                "sequential_gap", "resume", "editor", "out", "seed", "no_generate", "set", "preset", "hop")
 
 
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
@@ -120,7 +119,14 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run directory to write")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--no-generate", action="store_true", help="token protocol only (skip greedy generation)")
-    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="method hyper-parameter, repeatable")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="method hyper-parameter over the preset's value, repeatable (e.g. --set lr=5e-3)")
+    parser.add_argument("--preset", choices=("kebench", "vlkeb"),
+                        help="kebench (default: our protocol) or vlkeb (the reference code's evaluation); "
+                             "docs/protocols.md lists every difference")
+    parser.add_argument("--hop", type=int, choices=(1, 2, 3, 4),
+                        help="portability of this hop only; cases without such a question are dropped from "
+                             "every metric (the reference's one run per hop)")
     parser.set_defaults(func=_run)
 
 
@@ -170,13 +176,14 @@ def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from editors.bench import run_bench
 
-    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape, device=args.device, dtype=args.dtype))
+    print(run_bench(methods=args.method, limit=args.limit, shapes=args.shape, device=args.device, dtype=args.dtype,
+                    preset=args.preset))
     return 0
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="our engine vs a faithful reference-style loop: same scores, speed ratio, memory"
+        "bench", help="our engine vs a loop run the reference's way: same scores, speed ratio, memory"
     )
     parser.add_argument("--method", action="append", choices=("ft-llm", "ike", "ft-vision"),
                         help="method(s) to time (default: ft-llm and ike)")
@@ -187,6 +194,8 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES,
                         help="model dtype; outside float32 the loops' score difference is reported, not checked")
+    parser.add_argument("--preset", default="kebench", choices=("kebench", "vlkeb"),
+                        help="prompt form and method settings of both loops (default kebench)")
     parser.set_defaults(func=_bench)
 
 

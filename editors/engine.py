@@ -122,23 +122,28 @@ class Engine:
         adapter.model.requires_grad_(False)
         adapter.model.eval()
         self.first_edited_layer = method.first_edited_layer(adapter)
+        #: edits kept through the next case's pre-edit pass (method.stale_baseline)
+        self._unrestored: list[AppliedEdit] = []
 
     def run(self, cases: Iterator[tuple[str, EditCase | CaseError]], sequential: int = 1) -> Iterator[CaseResult]:
         """Edit and score ``cases`` (``(case_id, case or the error building it)``), ``sequential`` at a time."""
         if sequential > 1 and not self.method.supports_sequential:
             raise ValueError(f"method {self.method.name!r} does not support sequential editing")
         group: list[ScoredCase] = []
-        for case_id, case in cases:
-            scored = self._pre_edit(case_id, case)
-            if isinstance(scored, CaseResult):
-                yield scored
-                continue
-            group.append(scored)
-            if len(group) == sequential:
+        try:
+            for case_id, case in cases:
+                scored = self._pre_edit(case_id, case)
+                if isinstance(scored, CaseResult):
+                    yield scored
+                    continue
+                group.append(scored)
+                if len(group) == sequential:
+                    yield from self._edit_group(group)
+                    group = []
+            if group:
                 yield from self._edit_group(group)
-                group = []
-        if group:
-            yield from self._edit_group(group)
+        finally:
+            self._restore(self._unrestored)
 
     def run_gap(self, cases: Sequence[tuple[str, EditCase | CaseError]], gap: int, scored: int) -> Iterator[CaseResult]:
         """VLKEB's sequential-gap protocol (``test_sequential_editing.py``, ``multihop_and_sequential``).
@@ -223,6 +228,7 @@ class Engine:
             return CaseResult(case_id, failed_rows(case_id, self.options.config), str(error))
 
     def _edit_group(self, group: list[ScoredCase]) -> Iterator[CaseResult]:
+        self._restore(self._unrestored)
         applied: list[AppliedEdit] = []
         try:
             for scored in group:
@@ -238,9 +244,15 @@ class Engine:
             logger.warning("edit of case(s) %s failed: %s", [s.case.case_id for s in group], error)
             results = [CaseResult(s.case.case_id, failed_rows(s.case.case_id, self.options.config), str(error)) for s in group]
         finally:
-            for edit in reversed(applied):
-                edit.restore()
+            if self.method.stale_baseline:
+                self._unrestored = applied
+            else:
+                self._restore(applied)
         yield from results
+
+    def _restore(self, applied: list[AppliedEdit]) -> None:
+        while applied:
+            applied.pop().restore()
 
     # -- helpers ------------------------------------------------------------------------------
     def _generate(self, queries: list[Query], edit: AppliedEdit | None) -> list[str]:

@@ -27,7 +27,7 @@ class Readout:
     """What scoring needs from one query's logits (kept on the CPU, small).
 
     ``answer_argmax[j]`` is the top-1 token at the position predicting answer token ``j``;
-    ``topk`` is ``(n_valid_positions, k)`` top-k token ids over all valid positions (``k = 0``:
+    ``topk`` is ``(n_positions, k)`` top-k token ids over the compared positions (``k = 0``:
     not kept).
     """
 
@@ -48,7 +48,9 @@ def shared_prefix_length(adapter: ModelAdapter, batch: EncodedBatch) -> int:
     ids = batch.inputs["input_ids"]
     if ids.shape[0] < 2 or not adapter.supports_prefix_cache:
         return 0
-    length = min(positions.start for positions in batch.valid_positions)
+    length = min(compared_positions(batch, row).start for row in range(ids.shape[0]))
+    # image tokens share ids, not content: a batch may bound its shareable prefix (see the adapters)
+    length = min(length, batch.extra.get("shared_prefix_limit", length))
     if length == 0:
         return 0
     differs = (ids[:, :length] != ids[:1, :length]).any(dim=0).nonzero()
@@ -85,18 +87,32 @@ def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tens
     return prefix_then_rows(adapter, batch, prefix)[1], prefix
 
 
+def compared_positions(batch: EncodedBatch, row: int) -> slice:
+    """The positions of ``row`` whose top-k the token-protocol locality compares, by the batch's
+    named choice (:data:`editors.presets.POSITIONS`): ``all_but_last`` the valid positions,
+    ``all`` those and the row's last one (the reference's trainer path takes the top-k of every
+    logits position), ``answer`` the positions predicting the answer (the reference's IKE)."""
+    valid, answer = batch.valid_positions[row], batch.answer_slices[row]
+    if batch.positions == "all_but_last":
+        return valid
+    if batch.positions == "all":
+        return slice(valid.start, valid.stop + 1)
+    if batch.positions == "answer":
+        return answer
+    raise ValueError(f"unknown locality positions {batch.positions!r}")
+
+
 def readouts(logits: torch.Tensor, offset: int, batch: EncodedBatch, topk: list[int]) -> list[Readout]:
     """Per-row :class:`Readout` from ``logits`` (positions from ``offset``)."""
     result = []
-    for row, (answer, valid, targets, k) in enumerate(
-        zip(batch.answer_slices, batch.valid_positions, batch.target_ids, topk, strict=True)
-    ):
+    for row, (answer, targets, k) in enumerate(zip(batch.answer_slices, batch.target_ids, topk, strict=True)):
+        compared = compared_positions(batch, row)
         argmax = logits[row, answer.start - offset : answer.stop - offset].argmax(dim=-1).tolist()
         if k:
-            top = logits[row, valid.start - offset : valid.stop - offset].float().topk(k, dim=-1).indices.cpu()
+            top = logits[row, compared.start - offset : compared.stop - offset].float().topk(k, dim=-1).indices.cpu()
         else:
             top = torch.empty(0, 0, dtype=torch.long)
-        result.append(Readout(argmax, list(targets), top, (answer.start - valid.start, answer.stop - valid.start)))
+        result.append(Readout(argmax, list(targets), top, (answer.start - compared.start, answer.stop - compared.start)))
     return result
 
 

@@ -17,17 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from editors.adapters.base import Query
+from editors.presets import POSITIONS
 from kebench_hf.constants import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
     from editors.cases import EditCase
 
-#: which positions of a locality query are compared (top-``k`` ids, pre- against post-edit)
-POSITIONS = {
-    # every position that predicts a next token of the query, image positions included, up to the
-    # one predicting the answer's last token (the position after it predicts nothing of the query)
-    "all_but_last": "every position predicting a token of the query",
-}
 
 #: the dataset configs whose cases carry a single edit, scored on the paper's six metrics
 SINGLE_EDIT_CONFIGS = ("edit", "multihop")

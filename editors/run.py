@@ -37,6 +37,7 @@ from editors.abilities import check_model
 from editors.cases import CaseError, CaseSequence, EditCase
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, get_method, method_names
+from editors.presets import Preset, get_preset, select_hop, without_portability
 from editors.queries import DEFAULT_CONFIG, config_metrics, metric_titles
 from kebench_hf.constants import MODEL_DTYPES
 
@@ -71,6 +72,10 @@ class RunSettings:
     generate: bool = True
     bootstrap: int = 1000
     method_options: dict[str, Any] = field(default_factory=dict)
+    #: editors.presets: "kebench" (ours) or "vlkeb" (the reference's evaluation)
+    preset: str = "kebench"
+    #: portability of this hop only; cases without such a question are dropped (the reference's argv)
+    hop: int | None = None
 
 
 def default_world() -> Path:
@@ -159,6 +164,27 @@ def make_method(name: str, options: dict[str, Any]) -> EditMethod:
     return cls(cls.config_class.from_dict(options) if options else None)
 
 
+def model_family(model: str) -> str:
+    """The adapter family of the model at ``model``, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from editors.adapters import adapter_class
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"model {model!r}: cannot load its config ({error})") from None
+    return adapter_class(config.model_type).family
+
+
+def preset_rows(rows: Any, preset: Preset, hop: int | None) -> Any:
+    """The split as the preset scores it: ``--hop k`` keeps the cases with a k-hop question (its
+    first one only); the reference without a hop scores no portability."""
+    if hop is not None:
+        return select_hop(rows, hop)
+    return without_portability(rows) if preset.one_hop_portability else rows
+
+
 def _cases(rows: Any, skip: set[str]) -> Iterator[tuple[str, EditCase | CaseError]]:
     cases = CaseSequence(rows)
     case_ids = rows["case_id"]
@@ -175,6 +201,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     """Run ``settings.method`` and write the run directory; returns ``{"token": ..., "generate": ...}`` scores."""
     from editors.adapters import check_device, load_adapter
 
+    preset = get_preset(settings.preset)
     method = make_method(settings.method, settings.method_options)  # unknown method: fail before loading
     if settings.sequential < 1:
         raise ValueError(f"--sequential must be >= 1, got {settings.sequential}")
@@ -202,6 +229,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     if settings.limit is not None:
         # the gap protocol edits G more cases than it scores
         rows = rows.select(range(min(settings.limit + (gap or 0), len(rows))))
+    rows = preset_rows(rows, preset, settings.hop)
     scored = len(rows) if gap is None else min(settings.limit or len(rows), len(rows) - gap)
     if gap is not None and scored < 1:
         raise ValueError(f"--sequential-gap {gap} needs more than {gap} cases; the split has {len(rows)}")
@@ -211,11 +239,16 @@ def run(settings: RunSettings) -> dict[str, Any]:
         train = _empty_split()
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
+    family = model_family(model)
+    method = make_method(settings.method, {**preset.settings(settings.method, family), **settings.method_options})
+    if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):
+        raise ValueError(f"preset {preset.name!r}: the reference's FT runs the model in float32, not {settings.dtype}")
 
     seed_everything(settings.seed)
     if _on_cuda(settings.device):
         torch.cuda.reset_peak_memory_stats()  # this run's peak, not the process's
     adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype))
+    adapter.form = preset.prompt_form(method, family)
     started = time.perf_counter()
     method.prepare(adapter, CaseSequence(train), settings.editor)
     prepare_seconds = time.perf_counter() - started
@@ -258,11 +291,16 @@ def finish(out: Path, settings: RunSettings, adapter: Any, method: EditMethod, r
     order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
     records = sorted((r for r in done.values() if r["case_id"] in order), key=lambda r: order[r["case_id"]])
     table = to_table([row for record in records for row in record["rows"]])
-    pq.write_table(table, out / PREDICTIONS_PARQUET)
+    # the run metadata travels with the predictions: a file scored elsewhere still says how it was made
+    about = {"preset": settings.preset, "protocols": ["token", "generate"] if settings.generate else ["token"],
+             "method": method.name, "model_family": adapter.family, "config": settings.config, "hop": settings.hop}
+    pq.write_table(table.replace_schema_metadata({"kebench": json.dumps(about)}), out / PREDICTIONS_PARQUET)
     scores = {
         protocol: score_predictions(table, protocol=protocol, bootstrap=settings.bootstrap, seed=settings.seed)
         for protocol in ("token", "generate")
     }
+    for result in scores.values():
+        result["preset"] = settings.preset
     (out / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
     failed = [record["case_id"] for record in records if record["error"]]
     (out / RUN_INFO).write_text(json.dumps(run_info(settings, adapter, method, rows, records, failed,
@@ -301,6 +339,14 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
         "dataset_fingerprint": fingerprint,
         "sequential": settings.sequential,
         "edit_protocol": edit_protocol(settings, rows, records),
+        "preset": get_preset(settings.preset).describe(),
+        "protocols": ["token", "generate"] if settings.generate else ["token"],
+        "hop": settings.hop,
+        "average": get_preset(settings.preset).average(method.name),
+        "reference_targets": {
+            "queries": len(adapter.reference_targets),
+            "differ_from_in_context": sum(adapter.reference_targets.values()),
+        },
         "device": settings.device,
         "device_name": device_name(settings.device),
         "dtype": settings.dtype,

@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from editors.presets import PromptForm
+
 
 @dataclass(frozen=True)
 class Query:
@@ -51,6 +53,9 @@ class EncodedBatch:
     pre-edit (no context) and post-edit (IKE context) locality compare position by position.
     Positions before ``min(valid_positions[i].start)`` must be the same tokens in every row of a
     batch whose queries share one context: the engine runs them once and reuses their KV cache.
+
+    ``positions`` names which positions the token-protocol locality compares
+    (:data:`editors.presets.POSITIONS`; :func:`editors.forward.compared_positions`).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -58,6 +63,7 @@ class EncodedBatch:
     answer_slices: list[slice]
     valid_positions: list[slice]
     extra: dict[str, Any] = field(default_factory=dict)
+    positions: str = "all_but_last"
 
     def to(self, device: torch.device | str) -> EncodedBatch:
         self.inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
@@ -80,6 +86,11 @@ class ModelAdapter(ABC):
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
         self.processor = processor
+        #: how queries become tokens; a run sets its preset's form for the method (editors.presets)
+        self.form = PromptForm()
+        #: reference-form queries seen (their text) -> whether ``tok(answer)`` differs from the
+        #: answer's tokens in context (byte-level BPE: no leading space); counted in run.json
+        self.reference_targets: dict[str, bool] = {}
 
     # -- inputs -----------------------------------------------------------------------------
     @abstractmethod
@@ -112,6 +123,16 @@ class ModelAdapter(ABC):
     @abstractmethod
     def vision_side_module(self) -> nn.Module:
         """What FT-vision trains: projector (LLaVA), Q-Former (BLIP-2), last vision block (Qwen2-VL)."""
+
+    def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
+        """The weights of layer ``layer``'s MLP that the reference's FT trains (``hparams/FT/*.yaml``
+        ``inner_params``); the default: every parameter of :meth:`mlp`."""
+        return list(self.mlp(layer).parameters())
+
+    def reference_vision_parameters(self) -> list[nn.Parameter]:
+        """What the reference's FT-vision trains (``hparams/FT/*_{mmproj,qformer,vit}.yaml``);
+        the default: every parameter of :meth:`vision_side_module`."""
+        return list(self.vision_side_module().parameters())
 
     @abstractmethod
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:

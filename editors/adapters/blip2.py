@@ -30,16 +30,26 @@ class Blip2Adapter(ChatTemplateAdapter):
 
     def process(self, queries: list[Query]) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
         texts = self.tokenizer([self.prompt(query) for query in queries])["input_ids"]
+        image_ids, other = self.reference_images(queries)
+        return [(ids or []) + text for ids, text in zip(image_ids, texts, strict=True)], other
+
+    def reference_images(self, queries: list[Query]) -> tuple[list[list[int] | None], dict[str, Any]]:
+        """The query tokens' placeholder ids per query with an image, and the pixels (the same in
+        both forms: BLIP-2 reads its 32 query embeddings before the OPT text)."""
         image_tokens = [self.model.config.image_token_index] * self.model.config.num_query_tokens
-        prompts = [image_tokens + ids if query.image is not None else ids for ids, query in zip(texts, queries, strict=True)]
+        image_ids = [list(image_tokens) if query.image is not None else None for query in queries]
         images = self.processor_images(queries)
         if images:
-            return prompts, {"pixel_values": self.processor.image_processor(images, return_tensors="pt")["pixel_values"]}
+            return image_ids, {"pixel_values": self.processor.image_processor(images, return_tensors="pt")["pixel_values"]}
         # Text only: no image features to compute, and the forward requires either pixels or these.
         no_images = BaseModelOutputWithVisionQformerOutputs(
             pooler_output=torch.zeros(0, self.model.config.text_config.hidden_size)
         )
-        return prompts, {"pixel_values": None, "mm_encoder_outputs": {"image": no_images}}
+        return image_ids, {"pixel_values": None, "mm_encoder_outputs": {"image": no_images}}
+
+    def reference_row(self, text: str, image_ids: list[int] | None) -> list[int]:
+        """``blip2_opt.py`` ``forward``: the query embeddings, then ``opt_tokenizer(text)`` (BOS first)."""
+        return (image_ids or []) + self.tokenizer(text)["input_ids"]
 
     def generate_ids(self, inputs: dict[str, Any], **generation: Any) -> torch.Tensor:
         if inputs.get("pixel_values") is not None:
@@ -56,6 +66,11 @@ class Blip2Adapter(ChatTemplateAdapter):
         """OPT layers have no MLP submodule: their two MLP projections, ``fc1`` and ``fc2``."""
         block = self.decoder_layers()[layer]
         return nn.ModuleList([block.fc1, block.fc2])
+
+    def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
+        """The reference's FT on OPT trains ``fc1.weight`` and ``fc2.weight``, not their biases."""
+        block = self.decoder_layers()[layer]
+        return [block.fc1.weight, block.fc2.weight]
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         decoder = self.language_model()

@@ -62,6 +62,11 @@ class ChatTemplateAdapter(ModelAdapter):
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.language_model().norm(hidden_states))
 
+    def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
+        """LLaVA's reference FT trains ``mlp.up_proj.weight`` and ``mlp.down_proj.weight`` only."""
+        mlp = self.mlp(layer)
+        return [mlp.up_proj.weight, mlp.down_proj.weight]
+
     # -- inputs ----------------------------------------------------------------------------
     def prompt(self, query: Query) -> str:
         """The prompt text of ``query`` (without context) up to where the answer starts."""
@@ -111,13 +116,7 @@ class ChatTemplateAdapter(ModelAdapter):
     def _prompts(self, queries: list[Query]) -> tuple[list[list[int]], list[int], dict[str, torch.Tensor]]:
         """Each query's ``[BOS] + context + prompt`` token ids, its number of context tokens, and
         the batch's other (image) inputs."""
-        if not queries:
-            raise ValueError("no queries to encode")
-        for index, query in enumerate(queries):
-            if not isinstance(query.question, str) or not query.question.strip():
-                raise ValueError(f"query {index}: field 'question' is empty or not a string")
-            if not isinstance(query.context, str):
-                raise ValueError(f"query {index} ({query.question!r}): field 'context' is not a string")
+        self._check_texts(queries)
         prompts, other = self.process(queries)
         contexts = {query.context for query in queries if query.context}
         context_ids: dict[str, list[int]] = {"": []}
@@ -130,6 +129,22 @@ class ChatTemplateAdapter(ModelAdapter):
             rows.append(prompt[:lead] + context_ids[query.context] + prompt[lead:])
         return rows, [len(context_ids[query.context]) for query in queries], self._in_model_dtype(other)
 
+    @staticmethod
+    def _check_texts(queries: list[Query]) -> None:
+        if not queries:
+            raise ValueError("no queries to encode")
+        for index, query in enumerate(queries):
+            if not isinstance(query.question, str) or not query.question.strip():
+                raise ValueError(f"query {index}: field 'question' is empty or not a string")
+            if not isinstance(query.context, str):
+                raise ValueError(f"query {index} ({query.question!r}): field 'context' is not a string")
+
+    @staticmethod
+    def _check_answers(queries: list[Query]) -> None:
+        for index, query in enumerate(queries):
+            if not isinstance(query.answer, str) or not query.answer.strip():
+                raise ValueError(f"query {index} ({query.question!r}): field 'answer' is empty or not a string")
+
     def _in_model_dtype(self, inputs: Any) -> dict[str, Any]:
         """Processor outputs with floating-point tensors (pixels) cast to the model's dtype."""
         dtype = self.model.dtype
@@ -137,9 +152,7 @@ class ChatTemplateAdapter(ModelAdapter):
                 for key, value in inputs.items()}
 
     def _answers(self, queries: list[Query], with_eos: bool) -> list[list[int]]:
-        for index, query in enumerate(queries):
-            if not isinstance(query.answer, str) or not query.answer.strip():
-                raise ValueError(f"query {index} ({query.question!r}): field 'answer' is empty or not a string")
+        self._check_answers(queries)
         ids = self.tokenizer([self.answer_prefix + q.answer for q in queries], add_special_tokens=False)["input_ids"]
         return [row + [self.tokenizer.eos_token_id] for row in ids] if with_eos else ids
 
@@ -163,11 +176,90 @@ class ChatTemplateAdapter(ModelAdapter):
             attention_mask[index, span] = 1
         return self.per_token_inputs(input_ids, attention_mask)
 
+    # -- the reference's text form (PromptForm.reference, preset vlkeb) -----------------------
+    def image_placeholder(self) -> str:
+        """The text this family's processor expands into one image's tokens."""
+        return self.processor.image_token
+
+    def reference_images(self, queries: list[Query]) -> tuple[list[list[int] | None], dict[str, Any]]:
+        """Each query's image token ids (None: no image) and the batch's image inputs."""
+        images = self.processor_images(queries)
+        if not images:
+            return [None] * len(queries), {}
+        batch = self.processor(
+            text=[self.image_placeholder()] * len(images), images=images, return_tensors="pt",
+            padding=True, padding_side="right", add_special_tokens=False,
+        )
+        expanded = iter(
+            ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        )
+        image_ids = [next(expanded) if query.image is not None else None for query in queries]
+        return image_ids, {key: value for key, value in batch.items() if key not in _PER_TOKEN_KEYS}
+
+    def reference_row(self, text: str, image_ids: list[int] | None) -> list[int]:
+        """The reference's row for ``text``: LLaVA's ``tokenizer(text)`` with the image right after
+        BOS (``trainer/llava/model/language_model/llava_llama.py``, ``prepare_inputs_from_batch``)."""
+        ids = self.tokenizer(text)["input_ids"]
+        if image_ids is None:
+            return ids
+        lead = 1 if ids and ids[0] == self.tokenizer.bos_token_id else 0
+        return ids[:lead] + image_ids + ids[lead:]
+
+    def _reference_rows(self, queries: list[Query], with_answer: bool) -> tuple[list[list[int]], dict[str, Any]]:
+        """Rows of ``context + " " + question (+ " " + answer)`` tokenized as one string, as the
+        reference's ``" ".join([question, answer])`` (``easyeditor/dataset/coco_caption.py``) and
+        IKE's ``"".join(icl_examples) + "...Prompt: " + question`` (``easyeditor/evaluate/evaluate.py``)."""
+        self._check_texts(queries)
+        if with_answer:
+            self._check_answers(queries)
+        image_ids, other = self.reference_images(queries)
+        rows = []
+        for query, ids in zip(queries, image_ids, strict=True):
+            text = f"{query.context} {query.question}" if query.context else query.question
+            rows.append(self.reference_row(f"{text} {query.answer}" if with_answer else text, ids))
+        return rows, self._in_model_dtype(other)
+
+    def _first_image_position(self, row: list[int]) -> int:
+        """Where the row's image tokens start (its length when it has none)."""
+        image_token = getattr(self.processor, "image_token_id", None)
+        if image_token is None:
+            image_token = self.model.config.image_token_index
+        return row.index(image_token) if image_token in row else len(row)
+
+    def _encode_reference(self, queries: list[Query]) -> EncodedBatch:
+        rows, inputs = self._reference_rows(queries, with_answer=True)
+        prefix = self.form.answer_prefix
+        targets = self.tokenizer([prefix + query.answer for query in queries], add_special_tokens=False)["input_ids"]
+        self._check_lengths(queries, [len(row) for row in rows])
+        answer_slices = []
+        for index, (query, row, target) in enumerate(zip(queries, rows, targets, strict=True)):
+            if len(target) > len(row) - 1:
+                raise ValueError(f"query {index} ({query.question!r}): field 'answer' has more tokens than the row")
+            # the reference reads labels at logits[:, :-1][:, -len(labels):], whatever the row holds there
+            answer_slices.append(slice(len(row) - 1 - len(target), len(row) - 1))
+            key = f"{query.context}\x00{query.question}\x00{query.answer}\x00{query.image is not None}"
+            self.reference_targets[key] = row[len(row) - len(target) :] != target
+        inputs.update(self._padded(rows, side="right"))
+        return EncodedBatch(
+            inputs=inputs,
+            target_ids=targets,
+            answer_slices=answer_slices,
+            valid_positions=[slice(0, len(row) - 1) for row in rows],
+            # the image comes before the context here: rows sharing ids there need not share pixels
+            extra={"shared_prefix_limit": min(self._first_image_position(row) for row in rows)},
+            positions=self.form.positions,
+        )
+
     def encode(self, queries: list[Query], with_eos: bool = False) -> EncodedBatch:
         """Right-padded teacher-forced batch; ``with_eos`` also targets the end-of-answer token.
 
-        ``extra["context_lengths"]`` holds each row's number of context tokens.
+        ``extra["context_lengths"]`` holds each row's number of context tokens (the family's own
+        form; the reference form tokenizes context, question and answer as one string).
         """
+        if self.form.reference:
+            if with_eos:
+                raise ValueError("the reference's text form has no end-of-answer target")
+            return self._encode_reference(queries)
         prompts, context_lengths, inputs = self._prompts(queries)
         answers = self._answers(queries, with_eos)
         self._check_lengths(queries, [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)])
@@ -180,11 +272,15 @@ class ChatTemplateAdapter(ModelAdapter):
                 slice(c, len(p) + len(a) - 1) for c, p, a in zip(context_lengths, prompts, answers, strict=True)
             ],
             extra={"context_lengths": context_lengths},
+            positions=self.form.positions,
         )
 
     @torch.no_grad()
     def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
-        prompts, _, inputs = self._prompts(queries)
+        if self.form.reference:
+            prompts, inputs = self._reference_rows(queries, with_answer=False)
+        else:
+            prompts, _, inputs = self._prompts(queries)
         self._check_lengths(queries, [len(prompt) + max_new_tokens for prompt in prompts])
         inputs.update(self._padded(prompts, side="left"))
         inputs = {key: value.to(self.device) if torch.is_tensor(value) else value for key, value in inputs.items()}

@@ -65,3 +65,23 @@ class Qwen2VLAdapter(ChatTemplateAdapter):
 
     def vision_side_module(self) -> nn.Module:
         return self.model.model.visual.blocks[-1]
+
+    def image_placeholder(self) -> str:
+        return f"<|vision_start|>{self.processor.image_token}<|vision_end|>"
+
+    def reference_row(self, text: str, image_ids: list[int] | None) -> list[int]:
+        """Qwen-VL's ``tok(f"Picture 1: <img>{path}</img>\\n{text}")`` (``coco_caption.py``), with this
+        family's vision start/end tokens for ``<img>``/``</img>``; text only: ``tok(text)``."""
+        if image_ids is None:
+            return self.tokenizer(text)["input_ids"]
+        before = self.tokenizer("Picture 1: ", add_special_tokens=False)["input_ids"]
+        return before + image_ids + self.tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
+
+    def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
+        """Qwen-VL's reference FT trains the whole MLP (``w1``, ``w2``, ``c_proj``): here gate, up, down."""
+        mlp = self.mlp(layer)
+        return [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+
+    def reference_vision_parameters(self) -> list[nn.Parameter]:
+        """Qwen-VL's reference FT-vision trains the last vision block's MLP (weights and biases)."""
+        return list(self.vision_side_module().mlp.parameters())

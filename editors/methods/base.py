@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,6 +39,51 @@ from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import CaseSequence, EditCase
 from editors.forward import Readout, TopLayers, model_logits, readouts, score_queries
 
+_TRUE, _FALSE, _NONE = ("true", "1", "yes"), ("false", "0", "no"), ("none", "null")
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """``value`` as type ``kind`` (a field annotation); text (from ``--set``) is parsed. Raises
+    ``TypeError``/``ValueError`` when it is not one."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else ()
+    if options:
+        if type(None) in options and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
+            return None
+        for option in (o for o in options if o is not type(None)):
+            with contextlib.suppress(TypeError, ValueError):
+                return _typed(option, value)
+        raise ValueError(value)
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [part for part in text.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        return tuple(_typed(typing.get_args(kind)[0], item) for item in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
+            return value.strip().lower() in _TRUE
+        raise TypeError(value)
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, str):
+            return kind(value.strip())
+        if isinstance(value, int) or (kind is float and isinstance(value, float)):
+            return kind(value)
+        raise TypeError(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+    return value
+
+
+def _kind_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
 
 @dataclasses.dataclass
 class MethodConfig:
@@ -46,11 +94,23 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        """The config with ``values`` over the defaults, each read as its field's type (``--set``
+        gives text: ``lr=5e-3``, ``steps=10``, ``layers=-3,-2,-1``, ``stop_loss=none``); an unknown
+        setting or a value of the wrong type is a one-line error naming it."""
+        hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        typed = {}
+        for name, value in values.items():
+            try:
+                typed[name] = _typed(hints[name], value)
+            except (TypeError, ValueError, json.JSONDecodeError):
+                raise ValueError(
+                    f"{cls.__name__} setting {name}={value!r}: expected {_kind_name(hints[name])}"
+                ) from None
+        return cls(**typed)
 
 
 class AppliedEdit:
@@ -110,6 +170,14 @@ class EditMethod(ABC):
     #: text-only fact (edit-one-hop's second edit) is then made on the case's edit image, as the
     #: reference's ``edit_twice_img`` does for it
     edits_through_image: ClassVar[bool] = False
+    #: True when the edit lives in the prompt (IKE): the presets compare its locality elsewhere
+    edits_prompt: ClassVar[bool] = False
+
+    @property
+    def stale_baseline(self) -> bool:
+        """Whether the engine keeps an edit applied through the next case's pre-edit pass and undoes
+        it only then (a reference bug reproduced on request, see :class:`FineTuneConfig`)."""
+        return False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -201,10 +269,14 @@ def input_width(module: nn.Module) -> int:
     return max(widths)
 
 
+#: optimizers FT can use, torch's defaults apart from the lr (the reference's FT: AdamW)
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
 def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], steps: int, lr: float,
-              stop_loss: float) -> int:
-    """Adam on ``params`` for at most ``steps`` steps, stopping once the loss is below ``stop_loss``
-    (the reference FT's rule); returns the steps taken.
+              stop_loss: float | None, optimizer: str = "adam") -> int:
+    """``optimizer`` on ``params`` for at most ``steps`` steps, stopping once the loss is below
+    ``stop_loss`` (None: every step, as the reference's FT); returns the steps taken.
 
     Adam steps float32 copies of low-precision parameters and writes them back rounded: a bfloat16
     weight of 0.05 cannot move by the reference's lr of 1e-4 (half its spacing is 1.2e-4), so
@@ -212,17 +284,17 @@ def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], s
     """
     masters = [param.detach().float().requires_grad_(True) for param in params]
     with trainable(params):
-        optimizer = torch.optim.Adam(masters, lr=lr)
+        steps_with = OPTIMIZERS[optimizer](masters, lr=lr)
         for step in range(steps):
             loss = loss_fn()
-            if loss.item() < stop_loss:
+            if stop_loss is not None and loss.item() < stop_loss:
                 return step
             loss.backward()
             with torch.no_grad():
                 for param, master in zip(params, masters, strict=True):
                     master.grad = None if param.grad is None else param.grad.float()  # None: Adam skips it
                     param.grad = None
-                optimizer.step()
+                steps_with.step()
                 for param, master in zip(params, masters, strict=True):
                     if master.data_ptr() != param.data_ptr():
                         param.copy_(master)
@@ -231,19 +303,36 @@ def fine_tune(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor], s
 
 @dataclasses.dataclass
 class FineTuneConfig(MethodConfig):
-    """Reference settings (VLKEB's FT): at most ``steps`` Adam steps at ``lr`` on one module.
+    """At most ``steps`` steps of ``optimizer`` at ``lr`` on one module (preset ``vlkeb``: the
+    reference's recipe, see :mod:`editors.presets`).
 
     The reference lr is for LLaVA-1.5-7B. An Adam step moves every weight by about lr, so its
     effect on the output grows with the module's input width: the lr applied is
     ``lr * reference_width / width`` (None: ``lr`` as is). Training stops once the edit's mean
-    answer NLL is below ``stop_loss`` (the reference stops at 0.01; 0.5 already makes the new
-    answer the top token and changes far less, see the README).
+    answer NLL is below ``stop_loss`` (None: never; the reference takes every step, and 0.5
+    already makes the new answer the top token and changes far less, see the README).
+    ``parameters``: ``module`` trains every parameter of the method's module, ``reference`` the
+    weights the reference's FT names (the adapter's ``reference_*_parameters``).
+    ``reference_stale_baseline`` reproduces a bug of the reference (``trainer/algs/FT.py``
+    restores the weights only when the next edit starts): case i's pre-edit outputs are read from
+    the model still edited on case i-1.
     """
 
     steps: int = 10
     lr: float = 1e-4
     reference_width: int | None = None
-    stop_loss: float = 0.5
+    stop_loss: float | None = 0.5
+    optimizer: str = "adam"
+    parameters: str = "module"
+    reference_stale_baseline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.parameters not in ("module", "reference"):
+            raise ValueError(f"parameters {self.parameters!r}: expected module or reference")
+        if self.steps < 0 or self.lr <= 0:
+            raise ValueError(f"steps must be >= 0 and lr > 0, got steps={self.steps}, lr={self.lr}")
 
 
 class FineTuneMethod(EditMethod):
@@ -256,17 +345,29 @@ class FineTuneMethod(EditMethod):
         """The module whose parameters the edit trains."""
 
     @abstractmethod
+    def reference_parameters(self, adapter: ModelAdapter) -> list[nn.Parameter]:
+        """The part of :meth:`trained_module` that the reference's FT trains."""
+
+    @abstractmethod
     def edit_forward(self, adapter: ModelAdapter, batch: EncodedBatch) -> Any:
         """An object whose ``logits()`` runs the edit query through the (changing) model."""
 
+    @property
+    def stale_baseline(self) -> bool:
+        return self.config.reference_stale_baseline
+
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         module = self.trained_module(adapter)
-        params = list(module.parameters())
+        if self.config.parameters == "reference":
+            params = self.reference_parameters(adapter)
+        else:
+            params = list(module.parameters())
         snapshot = WeightSnapshot(params)
         batch = adapter.encode([case.edit_query]).to(adapter.device)
         model = self.edit_forward(adapter, batch)
         lr = self.config.lr
         if self.config.reference_width:
             lr *= self.config.reference_width / input_width(module)
-        fine_tune(params, lambda: answer_nll(model.logits(), batch), self.config.steps, lr, self.config.stop_loss)
+        fine_tune(params, lambda: answer_nll(model.logits(), batch), self.config.steps, lr, self.config.stop_loss,
+                  self.config.optimizer)
         return AppliedEdit(adapter, snapshot)

@@ -32,6 +32,9 @@ class FTLLM(FineTuneMethod):
     def trained_module(self, adapter: ModelAdapter) -> nn.Module:
         return adapter.mlp(self.config.layer)
 
+    def reference_parameters(self, adapter: ModelAdapter) -> list[nn.Parameter]:
+        return adapter.reference_mlp_parameters(self.config.layer)
+
     def edit_forward(self, adapter: ModelAdapter, batch: EncodedBatch) -> FullForward | TopLayers:
         if not self.config.cache_frozen_layers:
             return FullForward(adapter, batch)

@@ -27,6 +27,9 @@ class FTVision(FineTuneMethod):
     def trained_module(self, adapter: ModelAdapter) -> nn.Module:
         return adapter.vision_side_module()
 
+    def reference_parameters(self, adapter: ModelAdapter) -> list[nn.Parameter]:
+        return adapter.reference_vision_parameters()
+
     def edit_forward(self, adapter: ModelAdapter, batch: EncodedBatch) -> FullForward:
         # Everything above the vision side depends on it, so each step runs the whole model.
         return FullForward(adapter, batch)

