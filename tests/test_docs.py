@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: pages that hold no examples of their own
 REFERENCE_ONLY = {"cli.md", "protocols.md"}
+#: pages linked before they exist: docs/protocols.md comes from branch vlkeb (drop this once merged)
+NOT_YET_MERGED = {REPO / "docs" / "protocols.md"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 FILE_MARK = re.compile(r"# file: (\S+)\n")
 #: seconds one example command may take (the slowest, a few edits on the tiny model, takes seconds)
@@ -53,6 +56,20 @@ def console_steps(code: str) -> list[tuple[str, list[str]]]:
                 raise ValueError(f"console block starts with output, not a '$ ' command: {line!r}")
             steps[-1][1].append(line.strip())
     return steps
+
+
+def run_command(command: str, env: dict[str, str]) -> tuple[int, str]:
+    """Exit status and output (stdout + stderr) of a shell command; on a timeout, its whole process group
+    is killed (killing the shell alone would leave the command running)."""
+    process = subprocess.Popen(command, shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return -signal.SIGKILL, f"timed out after {COMMAND_TIMEOUT} s\n{output}"
+    return process.returncode, output
 
 
 @pytest.fixture
@@ -89,10 +106,8 @@ def test_examples_run(page: Path, workspace: dict[str, str]):
             exec(compile(code, where, "exec"), namespace)  # noqa: S102 - the page's own example
         elif language == "console":
             for command, expected in console_steps(code):
-                result = subprocess.run(command, shell=True, env=workspace, capture_output=True, text=True,
-                                        timeout=COMMAND_TIMEOUT)
-                output = result.stdout + result.stderr
-                assert result.returncode == 0, f"{where}: {command!r} exited {result.returncode}:\n{output}"
+                returncode, output = run_command(command, workspace)
+                assert returncode == 0, f"{where}: {command!r} exited {returncode}:\n{output}"
                 missing = [text for text in expected if text not in output]
                 assert not missing, f"{where}: {command!r} did not print {missing}:\n{output}"
         else:
@@ -123,19 +138,39 @@ def test_cli_reference_names_every_flag():
     assert "### `kebench leaderboard update`" in reference
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of the headings of ``page``: lower case, punctuation dropped, spaces as ``-``."""
+    headings = re.findall(r"^#+ (.*)$", FENCE.sub("", page.read_text(encoding="utf-8")), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
 def test_links_between_pages_resolve():
-    """Every relative Markdown link of the README and docs/ names a file that exists."""
+    """Every relative Markdown link of the README and docs/ names a file that exists, and a heading of it."""
     broken = []
-    for page in PAGES:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
-            if "://" not in target and not (page.parent / target).exists():
-                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    for page in [*PAGES, REPO / "benchmarks" / "RESULTS.md", REPO / "dataset_script" / "README.md"]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            linked = (page.parent / target).resolve() if target else page
+            if linked in NOT_YET_MERGED and not linked.exists():
+                continue
+            if not linked.exists() or anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{page.relative_to(REPO)} -> {target}#{anchor}")
     assert broken == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
+def test_headings_nest(page: Path):
+    """One title, and no heading deeper than one level below the heading before it."""
+    levels = [len(marks) for marks in re.findall(r"^(#+) ", FENCE.sub("", page.read_text(encoding="utf-8")), re.M)]
+    assert levels.count(1) == 1 and levels[0] == 1, levels
+    assert all(b <= a + 1 for a, b in zip(levels, levels[1:], strict=False)), levels
 
 
 def test_readme_is_a_front_door():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 250
     assert "<!--" not in text
-    levels = [len(heading) for heading in re.findall(r"^(#+) ", FENCE.sub("", text), re.M)]
-    assert levels[0] == 1 and all(b <= a + 1 for a, b in zip(levels, levels[1:], strict=False)), levels
+    for task in ("(#main-job)", "(#score-your-own-predictions)", "(#run-a-method-on-your-own-model)",
+                 "(docs/methods.md#adding-a-method)"):
+        assert task in text, task
