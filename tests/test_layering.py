@@ -171,8 +171,6 @@ def test_only_the_cli_reaches_the_editors():
     assert bad == []
 
 
-@pytest.mark.xfail(strict=True, reason="known cycle (issue 15, run.py split): editors/run.py:79 imports "
-                   "editors.pretrain (default_model) and editors/pretrain.py:466 imports editors.run (default_world)")
 def test_no_import_cycles():
     found = cycles(graph())
     within = [str(edge) for edge in imports() if any({edge.source, edge.target} <= set(cycle) for cycle in found)]
