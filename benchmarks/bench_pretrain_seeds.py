@@ -71,7 +71,8 @@ def table(results: list[dict]) -> str:
 
     for result in results:
         name = f"seed {result['seed']}, {result['threads']} thread{'s' if result['threads'] > 1 else ''}"
-        lines.append(f"| {name} | " + " | ".join(cell(key, result.get(key)) for key in keys) + " |")
+        verdict = "passed" if result["passed"] else "**failed**"
+        lines.append(f"| {name}: {verdict} | " + " | ".join(cell(key, result.get(key)) for key in keys) + " |")
     for label, reduce in (("min", min), ("median", statistics.median), ("max", max)):
         values = {key: [r[key] for r in results if r.get(key) is not None] for key in keys}
         lines.append(f"| **{label}** | " + " | ".join(cell(key, reduce(values[key]) if values[key] else None)
