@@ -125,6 +125,10 @@ VALID_ROWS = case_rows()
     average=st.sampled_from(["case", "token"]),
 )
 def test_mutated_predictions_are_scored_or_refused_with_row_and_column(mutations, form, protocol, average):
+    check_predictions(mutations, form, protocol, average)
+
+
+def check_predictions(mutations: list, form: str, protocol: str, average: str) -> None:
     rows = mutate(VALID_ROWS, mutations)
     average = average if protocol == "token" else "case"
     try:
@@ -224,6 +228,10 @@ def mutate_release(records: list, mutations: list):
     skip_invalid=st.booleans(),
 )
 def test_mutated_release_files_are_read_or_refused_with_record_and_field(name, mutations, skip_invalid):
+    check_release(name, mutations, skip_invalid)
+
+
+def check_release(name: str, mutations: list, skip_invalid: bool) -> None:
     release = FIXTURES / "vlkeb-format"
     config = RELEASE_FILES[name]
     records = mutate_release(json.loads((release / name).read_text(encoding="utf-8")), mutations)
