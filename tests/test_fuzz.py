@@ -104,12 +104,13 @@ def check_scored(result: dict) -> None:
 def check_refusal(error: ValueError, *, rows_given: bool) -> None:
     """A refusal says where: a row and a column, or which column, or what is wrong with the whole input."""
     message = str(error)
-    whole_input = any(text in message for text in ("are empty", "missing column", "differ in length"))
+    empty = "empty" in message  # no rows left (an empty list, or an empty JSON Lines file)
+    whole_input = empty or any(text in message for text in ("missing column", "differ in length"))
     row = re.search(r"\brows? \d+", message)
     column = re.search(r"column '\w+'", message)
     if rows_given:
         # a list of rows always has a row to blame, except when no row is left
-        assert row or "are empty" in message, message
+        assert row or empty, message
     else:
         assert row or column or whole_input, message
 
