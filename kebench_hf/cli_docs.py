@@ -80,7 +80,7 @@ def cli_reference() -> str:
     commands = _subparsers(parser)
     lines = [HEADER, "| command | what it does |", "|---|---|"]
     lines += [f"| [`kebench {name}`](#kebench-{name}) | {_cell(help_text)} |" for name, help_text, _ in commands]
-    lines += ["", "Global option: `kebench -v/--verbose COMMAND ...` logs at debug level.", ""]
+    lines += ["", "Global option, before the command: `-v, --verbose` logs at debug level (`kebench -v run ...`).", ""]
     for name, help_text, sub in commands:
         lines += _command(f"kebench {name}", help_text, sub)
     return "\n".join(lines).rstrip("\n") + "\n"

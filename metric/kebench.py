@@ -222,13 +222,15 @@ def _python_column(name: str, values: Sequence[Any]) -> pa.Array:
 
 
 def _column_values(name: str, values: Any) -> Any:
-    """A column given as a mapping's value: an Arrow array, or a sequence with one value per row."""
+    """A column given as a mapping's value: an Arrow array, or a sized iterable (list, NumPy array,
+    pandas Series) with one value per row."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values
     if values is None:
         raise _column_error(name, "missing (None)")
     zero_dimensional = isinstance(values, np.ndarray) and values.ndim == 0
-    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (Sequence, np.ndarray)) or zero_dimensional:
+    sized = hasattr(values, "__len__") and hasattr(values, "__iter__")
+    if isinstance(values, (str, bytes, Mapping)) or not sized or zero_dimensional:
         raise _column_error(name, f"expected a list with one value per row, got {type(values).__name__} {values!r:.80}")
     return values
 
