@@ -295,12 +295,12 @@ def finish(out: Path, settings: RunSettings, adapter: Any, method: EditMethod, r
     about = {"preset": settings.preset, "protocols": ["token", "generate"] if settings.generate else ["token"],
              "method": method.name, "model_family": adapter.family, "config": settings.config, "hop": settings.hop}
     pq.write_table(table.replace_schema_metadata({"kebench": json.dumps(about)}), out / PREDICTIONS_PARQUET)
+    preset = get_preset(settings.preset)
     scores = {
-        protocol: score_predictions(table, protocol=protocol, bootstrap=settings.bootstrap, seed=settings.seed)
+        protocol: score_predictions(table, protocol=protocol, bootstrap=settings.bootstrap, seed=settings.seed,
+                                    preset=preset.name, average=preset.average(method.name))
         for protocol in ("token", "generate")
     }
-    for result in scores.values():
-        result["preset"] = settings.preset
     (out / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
     failed = [record["case_id"] for record in records if record["error"]]
     (out / RUN_INFO).write_text(json.dumps(run_info(settings, adapter, method, rows, records, failed,
@@ -339,7 +339,8 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
         "dataset_fingerprint": fingerprint,
         "sequential": settings.sequential,
         "edit_protocol": edit_protocol(settings, rows, records),
-        "preset": get_preset(settings.preset).describe(),
+        "preset": settings.preset,
+        "preset_settings": get_preset(settings.preset).describe(),
         "protocols": ["token", "generate"] if settings.generate else ["token"],
         "hop": settings.hop,
         "average": get_preset(settings.preset).average(method.name),

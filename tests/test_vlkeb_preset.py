@@ -70,7 +70,7 @@ def test_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference
     assert info["hyperparameters"] | {"lr": 5e-3, "steps": 10, "optimizer": "adamw", "stop_loss": None,
                                       "parameters": "reference", "reference_width": None,
                                       "reference_stale_baseline": stale} == info["hyperparameters"]
-    assert info["preset"]["name"] == "vlkeb" and scores["preset"] == "vlkeb" and info["hop"] == 1
+    assert info["preset"] == "vlkeb" and info["preset_settings"]["name"] == "vlkeb" and scores["preset"] == "vlkeb" and info["hop"] == 1
     about = json.loads(pq.read_schema(Path(info["out"]) / "predictions.parquet").metadata[b"kebench"])
     assert about["preset"] == "vlkeb" and about["protocols"] == ["token"] and about["hop"] == 1
     # byte-level BPE: tok(answer) lacks the leading space the answer has in context
@@ -105,7 +105,7 @@ def test_none_gives_the_reference_loops_base_portability(ours, tiny_world, refer
     model, processor = reference_model
     expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records)
     _assert_close(scores["scores"], expected)
-    assert info["average"] == "case" and info["preset"]["one_hop_portability"]
+    assert info["average"] == "case" and info["preset_settings"]["one_hop_portability"]
 
 
 # -- the pieces --------------------------------------------------------------------------------------
