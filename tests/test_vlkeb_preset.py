@@ -201,10 +201,12 @@ def test_presets_and_hop_selection(tiny_world):
     assert VLKEB.prompt_form(make_method("ike", {}), "llava").positions == "answer"
     assert VLKEB.prompt_form(make_method("ft-llm", {}), "llava").positions == "all"
     assert KEBENCH.prompt_form(make_method("ike", {}), "llava") == PromptForm()
-    rows = load_split(tiny_world, "edit", "test")
-    two_hop = select_hop(rows, 2)
-    expected = [row["case_id"] for row in rows if any(item["hop"] == 2 for item in row["portability"])]
-    assert two_hop["case_id"] == expected and 0 < len(expected) < len(rows)
-    assert all(len(items) == 1 and items[0]["hop"] == 2 for items in two_hop["portability"])
+    rows = load_split(tiny_world, "edit", "test")  # the tiny world's first test case has no 1-hop item
+    one_hop = select_hop(rows, 1)
+    expected = [row["case_id"] for row in rows if any(item["hop"] == 1 for item in row["portability"])]
+    assert one_hop["case_id"] == expected and 0 < len(expected) < len(rows)
+    assert all(len(items) == 1 and items[0]["hop"] == 1 for items in one_hop["portability"])
+    multihop = load_split(tiny_world, "multihop", "test")
+    assert all(len(items) == 1 and items[0]["hop"] == 3 for items in select_hop(multihop, 3)["portability"])
     with pytest.raises(ValueError, match="--hop must be 1, 2, 3 or 4"):
         select_hop(rows, 5)
