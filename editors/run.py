@@ -298,7 +298,9 @@ def finish(out: Path, settings: RunSettings, adapter: Any, method: EditMethod, r
     preset = get_preset(settings.preset)
     scores = {
         protocol: score_predictions(table, protocol=protocol, bootstrap=settings.bootstrap, seed=settings.seed,
-                                    preset=preset.name, average=preset.average(method.name))
+                                    preset=preset.name,
+                                    # micro-averaging is over answer tokens: the token protocol's only
+                                    average=preset.average(method.name) if protocol == "token" else "case")
         for protocol in ("token", "generate")
     }
     (out / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
