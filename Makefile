@@ -34,7 +34,7 @@ bench: $(BIN)/.installed
 	$(BIN)/kebench bench
 
 # Wheels a lent GPU machine lacks (it has CUDA torch and no internet): Python 3.12, carried as .whl/
-# (README: "GPU check"). Its own pyarrow, huggingface_hub and tokenizers fit these versions' ranges.
+# (docs/models.md, "GPU"). Its own pyarrow, huggingface_hub and tokenizers fit these versions' ranges.
 GPU_WHEELS := transformers==5.24.0 datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 \
 	fsspec==2026.9.0
 gpu-wheels:

@@ -1,4 +1,4 @@
-"""The editing engine's GPU checks, as one script for a lent accelerator (README: "GPU check").
+"""The editing engine's GPU checks, as one script for a lent accelerator (docs/models.md, "GPU").
 
 1. ``kebench run --method ft-llm --limit 20 --device cuda --dtype bfloat16`` on LLaVA-1.5-7B's shape
    (random weights, every real dimension: 7,063,427,072 parameters, built on the GPU in bfloat16):

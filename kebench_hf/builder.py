@@ -54,7 +54,7 @@ class KEBenchConfig(datasets.BuilderConfig):
 
 
 class KEBench(datasets.GeneratorBasedBuilder):
-    """Reads the release layout (DESIGN.md §2) into the columns of :func:`kebench_hf.schema.features`."""
+    """Reads the release layout (docs/dataset.md) into the columns of :func:`kebench_hf.schema.features`."""
 
     VERSION = VERSION
     BUILDER_CONFIG_CLASS = KEBenchConfig

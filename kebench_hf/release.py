@@ -1,4 +1,4 @@
-"""Reading and validating a KEBench/VLKEB release directory (DESIGN.md §2).
+"""Reading and validating a KEBench/VLKEB release directory (docs/dataset.md, "The release layout").
 
 A release directory holds ``train.json``, ``eval.json``, ``eval_multihop.json``,
 ``eval_edit_onehop.json`` and an images root (``mmkb_images/`` unless given). Each record becomes one

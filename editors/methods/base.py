@@ -310,7 +310,7 @@ class FineTuneConfig(MethodConfig):
     effect on the output grows with the module's input width: the lr applied is
     ``lr * reference_width / width`` (None: ``lr`` as is). Training stops once the edit's mean
     answer NLL is below ``stop_loss`` (None: never; the reference takes every step, and 0.5
-    already makes the new answer the top token and changes far less, see the README).
+    already makes the new answer the top token and changes far less, see docs/methods.md).
     ``parameters``: ``module`` trains every parameter of the method's module, ``reference`` the
     weights the reference's FT names (the adapter's ``reference_*_parameters``).
     ``reference_stale_baseline`` reproduces a bug of the reference (``trainer/algs/FT.py``
