@@ -148,3 +148,21 @@ def llava(tiny_llava: Path):
     adapter = load_adapter(tiny_llava)
     adapter.model.requires_grad_(False)
     return adapter
+
+
+@pytest.fixture(scope="module")
+def test_cases(tiny_world: Path):
+    """``tiny_world``'s test split as edit cases (images decoded on access)."""
+    from editors.cases import CaseSequence
+    from editors.run import load_split
+
+    return CaseSequence(load_split(tiny_world, "edit", "test"))
+
+
+@pytest.fixture(scope="module")
+def train_cases(tiny_world: Path):
+    """``tiny_world``'s train split as edit cases."""
+    from editors.cases import CaseSequence
+    from editors.run import load_split
+
+    return CaseSequence(load_split(tiny_world, "edit", "train"))

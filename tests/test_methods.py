@@ -12,17 +12,7 @@ from editors.methods import METHODS, get_method
 from editors.methods.base import fine_tune
 from editors.methods.ike import demonstration
 from editors.queries import DEFAULT_CONFIG, case_queries
-from editors.run import load_split, make_method
-
-
-@pytest.fixture(scope="module")
-def test_cases(tiny_world) -> CaseSequence:
-    return CaseSequence(load_split(tiny_world, "edit", "test"))
-
-
-@pytest.fixture(scope="module")
-def train_cases(tiny_world) -> CaseSequence:
-    return CaseSequence(load_split(tiny_world, "edit", "train"))
+from editors.run import make_method
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

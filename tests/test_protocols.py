@@ -16,6 +16,7 @@ from editors.methods.base import AppliedEdit, EditMethod
 from editors.methods.none import NoEditConfig
 from editors.queries import spec
 from editors.run import RunSettings, load_split, make_method
+from tests.test_methods import state
 
 OPTIONS = EngineOptions(generate=False, config="edit_onehop")
 
@@ -23,20 +24,6 @@ OPTIONS = EngineOptions(generate=False, config="edit_onehop")
 @pytest.fixture(scope="module")
 def onehop_cases(tiny_world) -> CaseSequence:
     return CaseSequence(load_split(tiny_world, "edit_onehop", "test"))
-
-
-@pytest.fixture(scope="module")
-def test_cases(tiny_world) -> CaseSequence:
-    return CaseSequence(load_split(tiny_world, "edit", "test"))
-
-
-@pytest.fixture(scope="module")
-def train_cases(tiny_world) -> CaseSequence:
-    return CaseSequence(load_split(tiny_world, "edit", "train"))
-
-
-def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def assert_restored(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
