@@ -239,3 +239,20 @@ def test_unknown_scale_is_a_clear_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["world", str(tmp_path), "--scale", "huge"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_processes_sharing_a_cache_build_the_world_once_and_alike(tmp_path: Path, tiny_world: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # Without the lock, the second process would remove or overwrite files the first is writing.
+    script = "from kebench_hf.world import cached_world; print(cached_world('tiny'))"
+    env = {**os.environ, "KEBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate()[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert outputs[0] == outputs[1] == str(tmp_path / "cache" / "worlds" / "tiny" / "kebench")
+    for file_name in RELEASE_FILES:
+        assert (Path(outputs[0]) / file_name).read_bytes() == (tiny_world / file_name).read_bytes()

@@ -3,19 +3,35 @@
 import hashlib
 from pathlib import Path
 
+from filelock import FileLock
+
 from .build import SCALES, build_world
 
-__all__ = ["SCALES", "build_world", "default_world", "world_fingerprint"]
+__all__ = ["SCALES", "build_world", "cached_world", "default_world", "world_fingerprint"]
+
+
+def cached_world(scale: str = "default", seed: int = 0) -> Path:
+    """The release directory of world ``scale`` (seed ``seed``), generated once under the cache.
+
+    Processes sharing a cache (runs side by side, the shards of a data-parallel run) wait for the
+    one that builds it instead of writing the same files at the same time."""
+    from kebench_hf.paths import cache_dir
+
+    name = scale if seed == 0 else f"{scale}-seed{seed}"
+    directory = cache_dir() / "worlds" / name
+    release = directory / "kebench"
+    if (release / "eval.json").exists():
+        return release
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(directory.parent / f"{name}.lock"):
+        if (release / "eval.json").exists():  # built by another process while this one waited
+            return release
+        return build_world(directory, seed=seed, scale=scale)
 
 
 def default_world() -> Path:
     """The ``default`` world's release directory, generated once under the cache."""
-    from kebench_hf.paths import cache_dir
-
-    directory = cache_dir() / "worlds" / "default"
-    if (directory / "kebench" / "eval.json").exists():
-        return directory / "kebench"
-    return build_world(directory, seed=0, scale="default")
+    return cached_world("default")
 
 
 def world_fingerprint(data_dir: str | Path) -> str:
