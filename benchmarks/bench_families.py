@@ -16,7 +16,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from editors.pretrain import SHORT_RECIPE, pretrain
-from editors.run import RunSettings, run, score_cells
+from editors.report import score_cells
+from editors.run import run
+from editors.run_dir import RunSettings
 from editors.tiny import BUILDERS
 from kebench_hf.world import build_world
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from editors import run as runs
+from editors.run_dir import RunSettings
 
 GAPS = (10, 20, 50, 100)
 
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     for method in args.methods:
         started = time.perf_counter()
-        settings = runs.RunSettings(method=method, out=args.out / method, split=args.split, limit=args.limit, bootstrap=0)
+        settings = RunSettings(method=method, out=args.out / method, split=args.split, limit=args.limit, bootstrap=0)
         root = runs.lifelong(settings, args.gaps)
         print(f"\n{method} on the default world's {args.split} split, {args.limit} cases scored per gap "
               f"({time.perf_counter() - started:.0f} s):\n")

@@ -39,7 +39,9 @@ def one_run(seed: int, threads: int, out: Path, cases: int) -> dict:
 
     torch.set_num_threads(threads)
     from editors.pretrain import PretrainConfig, pretrain
-    from editors.run import RunSettings, default_world, run
+    from editors.run import run
+    from editors.run_dir import RunSettings
+    from kebench_hf.world import default_world
 
     started = time.perf_counter()
     try:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from editors.run import score_table
+from editors.report import score_table
 
 
 def timed(command: list[str]) -> tuple[float, float]:

@@ -27,7 +27,11 @@ from pathlib import Path
 import torch
 
 from editors.bench import run_bench, shape_model
-from editors.run import RunSettings, default_world, device_name, run, score_cells, table_columns
+from editors.report import score_cells, table_columns
+from editors.run import run
+from editors.run_dir import RunSettings
+from editors.runtime import device_name
+from kebench_hf.world import default_world
 
 
 def edit_run(out: Path, shape: str, data: Path, device: str, dtype: str, limit: int) -> str:

@@ -34,13 +34,15 @@ from typing import Any
 import torch
 
 from editors.adapters.base import ModelAdapter
-from editors.cases import CaseSequence, EditCase
+from editors.cases import CaseSequence, EditCase, load_split
+from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions, ScoredCase, case_queries, case_seed
 from editors.forward import score_queries
+from editors.methods import make_method
 from editors.methods.base import EditMethod
 from editors.presets import KEBENCH, Preset, get_preset
-from editors.run import default_model, default_world, load_split, make_method
 from editors.tiny import TinySpec, build_tiny_model
+from kebench_hf.world import default_world
 
 logger = logging.getLogger(__name__)
 

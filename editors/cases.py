@@ -8,6 +8,7 @@ field, before any edit is applied.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -155,3 +156,15 @@ class CaseSequence(Sequence[EditCase]):
     def texts(self) -> list[dict[str, str]]:
         """Every case's text fields (no image is decoded)."""
         return list(self._text_columns)
+
+
+def load_split(data: str | os.PathLike, config: str, split: str) -> datasets.Dataset:
+    """One split of KEBench ``config``; a missing split is a one-line error naming it."""
+    from kebench_hf.builder import load_kebench
+
+    try:
+        return load_kebench(data, config, split=split)
+    except (KeyError, ValueError) as error:
+        if "split" not in str(error).lower():
+            raise
+        raise ValueError(f"data {data}: config {config!r} has no split {split!r} ({error})") from None

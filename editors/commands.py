@@ -59,6 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from editors import run as runs
+    from editors.report import score_table
+    from editors.run_dir import RunSettings
 
     explicit = [name for name in _RUN_OPTIONS if getattr(args, name) not in (None, False, [])]
     if args.method is None:
@@ -70,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ValueError("--out RUN_DIR is required with --method")
-    settings = runs.RunSettings(
+    settings = RunSettings(
         method=args.method, out=Path(args.out), model=args.model, data=args.data, config=args.config or "edit",
         split=args.split or "test", limit=args.limit, device=args.device or "cpu", dtype=args.dtype or "float32",
         sequential=args.sequential or 1, resume=args.resume, editor=Path(args.editor) if args.editor else None,
@@ -83,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"one run per gap in {root}/gap-G; table and curves: {root / runs.LIFELONG_TABLE}, {root / runs.LIFELONG_PLOT}")
         return 0
     scores = runs.run(settings)
-    print(runs.score_table({args.method: scores}, "token"))
-    print(runs.score_table({args.method: scores}, "generate"))
+    print(score_table({args.method: scores}, "token"))
+    print(score_table({args.method: scores}, "generate"))
     print(f"predictions, scores.json and run.json in {args.out}")
     return 0
 
@@ -133,19 +135,22 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
 def _train_editor(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from editors import run as runs
     from editors.adapters import check_device, load_adapter
-    from editors.cases import CaseSequence
+    from editors.cases import CaseSequence, load_split
+    from editors.defaults import default_model
+    from editors.methods import make_method
     from editors.methods.trained import TrainedMethod
+    from editors.runtime import seed_everything
+    from kebench_hf.world import default_world
 
-    method = runs.make_method(args.method, _method_options(args.set or []))
+    method = make_method(args.method, _method_options(args.set or []))
     if not isinstance(method, TrainedMethod):
         raise ValueError(f"method {args.method!r} has nothing to train; trained methods: ke, mend, serac")
     check_device(args.device)  # before building the default world or model
-    data = args.data or str(runs.default_world())
-    train = CaseSequence(runs.load_split(data, "edit", "train"))
-    runs.seed_everything(method.config.seed)
-    adapter = load_adapter(args.model or runs.default_model(), device=args.device, dtype=args.dtype)
+    data = args.data or str(default_world())
+    train = CaseSequence(load_split(data, "edit", "train"))
+    seed_everything(method.config.seed)
+    adapter = load_adapter(args.model or default_model(), device=args.device, dtype=args.dtype)
     for parameter in adapter.model.parameters():
         parameter.requires_grad_(False)
     report = method.train(adapter, train, Path(args.out))

@@ -54,7 +54,6 @@ from editors.tiny import BUILDERS, TinySpec, build_tiny_model
 from kebench_hf.construct.mmkg import KnowledgeGraph, read_mmkg
 from kebench_hf.construct.questions import image_subject, relation_noun, relation_question
 from kebench_hf.construct.report import Report
-from kebench_hf.paths import cache_dir
 from kebench_hf.world import world_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -599,43 +598,3 @@ def evaluate_pretraining(adapter: ModelAdapter, world: World, limit: int | None 
     # long contexts: small batches keep the attention's memory in bounds
     return {name: round(answer_token_accuracy(adapter, queries, batch_size=16 if "in_context" in name else 64), 4)
             for name, queries in probes.items() if queries}
-
-
-#: the default model, shipped in the repository so that the main job starts editing at once
-#: (``kebench pretrain --out editors/default_model`` rebuilds it on the default world)
-SHIPPED_DEFAULT_MODEL = Path(__file__).parent / "default_model"
-
-
-def _usable_record(model_dir: Path, fingerprint: str) -> dict | None:
-    """The pretraining record of ``model_dir`` if it was made by this recipe on this world."""
-    record = model_dir / SUMMARY
-    if not record.exists():
-        return None
-    summary = json.loads(record.read_text())
-    if summary.get("recipe") != RECIPE or summary.get("data_fingerprint") != fingerprint:
-        return None
-    return summary
-
-
-def default_model(arch: str = "llava") -> Path:
-    """The tiny ``arch`` pretrained on the ``default`` world: the shipped one (LLaVA) when it was made
-    by this recipe on this world, else built once under the cache (rebuilt when the recipe or the
-    world changes). A model whose record shows a missing ability is refused, never used."""
-    from kebench_hf.world import default_world, world_fingerprint
-
-    world = default_world()
-    fingerprint = world_fingerprint(world)
-    out = cache_dir() / "models" / f"tiny-{arch}-default"
-    candidates = [SHIPPED_DEFAULT_MODEL, out] if arch == "llava" else [out]
-    found = next(((path, summary) for path in candidates if (summary := _usable_record(path, fingerprint))), None)
-    if found is None:
-        logger.info("pretraining the default tiny %s (no model of recipe %d for this world)", arch, RECIPE)
-        (out / SUMMARY).unlink(missing_ok=True)
-        pretrain(world, out, PretrainConfig(arch=arch))  # raises when an ability stays short
-        found = out, json.loads((out / SUMMARY).read_text())
-    path, summary = found
-    missing = shortfalls(summary["accuracy"])
-    if missing:
-        raise MissingAbilityError(f"the default model {path} lacks what the methods need: {'; '.join(missing)}; "
-                                  "delete it to rebuild it, or pass --model")
-    return path

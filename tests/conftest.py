@@ -153,8 +153,7 @@ def llava(tiny_llava: Path):
 @pytest.fixture(scope="module")
 def test_cases(tiny_world: Path):
     """``tiny_world``'s test split as edit cases (images decoded on access)."""
-    from editors.cases import CaseSequence
-    from editors.run import load_split
+    from editors.cases import CaseSequence, load_split
 
     return CaseSequence(load_split(tiny_world, "edit", "test"))
 
@@ -162,7 +161,6 @@ def test_cases(tiny_world: Path):
 @pytest.fixture(scope="module")
 def train_cases(tiny_world: Path):
     """``tiny_world``'s train split as edit cases."""
-    from editors.cases import CaseSequence
-    from editors.run import load_split
+    from editors.cases import CaseSequence, load_split
 
     return CaseSequence(load_split(tiny_world, "edit", "train"))

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 import editors.abilities
+import editors.defaults
 import editors.pretrain
 from editors.abilities import ABILITIES, MissingAbilityError, check_model, shortfalls
-from editors.pretrain import RECIPE, SHIPPED_DEFAULT_MODEL, SUMMARY, PretrainConfig, default_model, pretrain
+from editors.defaults import SHIPPED_DEFAULT_MODEL, default_model
+from editors.pretrain import RECIPE, SUMMARY, PretrainConfig, pretrain
 from kebench_hf.world import world_fingerprint
 
 GOOD = {ability.key: ability.threshold + 0.01 for ability in ABILITIES}
@@ -89,7 +91,7 @@ def test_the_default_model_is_the_shipped_one_for_its_world_and_refused_without_
     monkeypatch.setattr("kebench_hf.world.default_world", lambda: tiny_world)
     monkeypatch.setenv("KEBENCH_CACHE", str(tmp_path / "cache"))
     shipped = _model_with_record(tmp_path / "shipped", GOOD, data_fingerprint=world_fingerprint(tiny_world))
-    monkeypatch.setattr(editors.pretrain, "SHIPPED_DEFAULT_MODEL", shipped)
+    monkeypatch.setattr(editors.defaults, "SHIPPED_DEFAULT_MODEL", shipped)
     assert default_model() == shipped
     # A model made for another world is not used: the cache's (made for this one) is.
     _model_with_record(shipped, GOOD, data_fingerprint="another world")

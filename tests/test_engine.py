@@ -11,12 +11,13 @@ import torch
 
 from editors import run as runs
 from editors.bench import reference_rows
-from editors.cases import CaseSequence, case_from_row
+from editors.cases import CaseSequence, case_from_row, load_split
 from editors.engine import Engine, EngineOptions
 from editors.forward import TopLayers, model_logits
+from editors.methods import make_method
 from editors.methods.ft_llm import FTLLM
 from editors.queries import DEFAULT_CONFIG, case_queries
-from editors.run import RunSettings, load_split, make_method
+from editors.run_dir import RunSettings
 from metric.kebench import score_predictions
 
 
@@ -97,7 +98,7 @@ def broken_image_split(test_split, count: int):
 
 def test_a_broken_image_fails_its_case_only_and_is_counted(tiny_llava, tiny_world, test_split, tmp_path, monkeypatch):
     broken = broken_image_split(test_split, 3)
-    load = runs.load_split
+    load = load_split
     monkeypatch.setattr(runs, "load_split", lambda data, config, split: broken if split == "test" else load(data, config, split))
     out = tmp_path / "run"
     scores = runs.run(RunSettings(method="ft-llm", out=out, model=str(tiny_llava), data=str(tiny_world), generate=False))

@@ -8,11 +8,10 @@ import torch
 from editors.cases import CaseSequence
 from editors.engine import Engine, EngineOptions
 from editors.forward import score_queries
-from editors.methods import METHODS, get_method
+from editors.methods import METHODS, get_method, make_method
 from editors.methods.base import fine_tune
 from editors.methods.ike import demonstration
 from editors.queries import DEFAULT_CONFIG, case_queries
-from editors.run import make_method
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from editors import run as runs
-from editors.cases import CaseSequence
+from editors.cases import CaseSequence, load_split
 from editors.engine import Engine, EngineOptions
 from editors.forward import score_queries
+from editors.methods import make_method
 from editors.methods.base import AppliedEdit, EditMethod
 from editors.methods.none import NoEditConfig
 from editors.queries import spec
-from editors.run import RunSettings, load_split, make_method
+from editors.report import running_scores
+from editors.run_dir import RunSettings
 from tests.test_methods import state
 
 OPTIONS = EngineOptions(generate=False, config="edit_onehop")
@@ -189,7 +191,7 @@ def test_lifelong_runs_each_gap_and_writes_table_curves_and_protocol(tiny_llava,
     cases = load_split(tiny_world, "edit", "test")["case_id"]
     assert (protocol["name"], protocol["gap"], protocol["scored_cases"]) == ("sequential_gap", 2, 2)
     assert protocol["edit_only_case_ids"] == cases[2:4]
-    curve = runs.running_scores(root / "gap-2" / "predictions.parquet", 2)
+    curve = running_scores(root / "gap-2" / "predictions.parquet", 2)
     assert curve["edits"] == [3, 4]
     final = json.loads((root / "gap-2" / "scores.json").read_text())["token"]["scores"]
     assert curve["reliability"][-1] == pytest.approx(final["reliability"])

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from editors import engine, queries, run, training
+from editors import engine, queries, report, training
 from editors.cases import EditCase, OneHopEdit, PortabilityQuestion
 from editors.pretrain import in_context_queries, pre_edit_queries
 from editors.queries import QUERIES, QuerySpec, case_queries, config_metrics, spec
@@ -66,7 +66,7 @@ def test_a_changed_spec_changes_every_consumer(monkeypatch):
     assert built[3].question == "Name the person." and topk[3] == 3
     assert training.trained_queries(CASE)[3].question == "Name the person."
     assert in_context_queries(CASE, "c")[4].question == "Name the person."
-    assert run.table_columns()[1] == ("Rel.", "T-Gen.", "I-Gen.", "T-L", "I-Loc.", "Port.")
+    assert report.table_columns()[1] == ("Rel.", "T-Gen.", "I-Gen.", "T-L", "I-Loc.", "Port.")
 
 
 def test_unknown_names_are_refused():

@@ -11,7 +11,8 @@ import torch
 
 from editors import run as runs
 from editors.queries import DEFAULT_CONFIG, case_queries
-from editors.run import RunSettings
+from editors.report import plot_scores
+from editors.run_dir import RunSettings
 from kebench_hf.cli import main
 from metric.kebench import PREDICTION_SCHEMA, score_predictions
 
@@ -40,7 +41,7 @@ def test_run_writes_predictions_scores_and_run_info(tiny_llava, tiny_world, tmp_
     assert info["seconds_per_edit"] > 0 and info["peak_memory_mib"] > 0
     assert {"torch", "transformers", "datasets"} <= set(info["versions"])
 
-    png = runs.plot_scores({"ft-llm": scores}, tmp_path / "scores.png")
+    png = plot_scores({"ft-llm": scores}, tmp_path / "scores.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -107,10 +108,10 @@ def test_shared_context_prefix_is_exact_in_every_family(tiny_models, tiny_world)
     import torch
 
     from editors.adapters import load_adapter
-    from editors.cases import CaseSequence
+    from editors.cases import CaseSequence, load_split
     from editors.forward import model_logits
 
-    case = CaseSequence(runs.load_split(tiny_world, "edit", "test"))[0]
+    case = CaseSequence(load_split(tiny_world, "edit", "test"))[0]
     queries = [replace(query, context="New Fact: a b\nPrompt:") for _, _, query in case_queries(case, DEFAULT_CONFIG)]
     for arch, model in tiny_models.items():
         adapter = load_adapter(model)

@@ -208,7 +208,8 @@ def test_meta_training_resumes_where_a_killed_run_stopped(tmp_path):
 
 @pytest.mark.parametrize("name", ["mend", "serac"])
 def test_kebench_run_uses_a_trained_editor_sequentially(name, tiny_llava, tiny_world, editors, tmp_path):
-    from editors.run import RunSettings, run
+    from editors.run import run
+    from editors.run_dir import RunSettings
 
     settings = RunSettings(
         method=name, out=tmp_path / "run", model=str(tiny_llava), data=str(tiny_world), limit=2,

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from editors.adapters import Query, load_adapter
+from editors.cases import load_split
+from editors.methods import make_method
 from editors.presets import KEBENCH, VLKEB, PromptForm, get_preset, select_hop
-from editors.run import RunSettings, load_split, make_method, run
+from editors.run import run
+from editors.run_dir import RunSettings
 from kebench_hf.cli import main
 from tests import reference_loop
 

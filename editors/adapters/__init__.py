@@ -59,6 +59,17 @@ def adapter_for(model: nn.Module, processor: Any) -> ModelAdapter:
     return adapter_class(config.model_type)(model, processor)
 
 
+def model_family(model: str | Path) -> str:
+    """The adapter family of the model at ``model``, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(model))
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"model {str(model)!r}: cannot load its config ({error})") from None
+    return adapter_class(config.model_type).family
+
+
 def load_adapter(
     path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> ModelAdapter:
@@ -86,4 +97,4 @@ def load_adapter(
     return adapter(model, load_processor(source))
 
 
-__all__ = ["ADAPTERS", "EncodedBatch", "ModelAdapter", "Query", "adapter_class", "adapter_for", "load_adapter"]
+__all__ = ["ADAPTERS", "EncodedBatch", "ModelAdapter", "Query", "adapter_class", "adapter_for", "load_adapter", "model_family"]

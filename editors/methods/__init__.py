@@ -7,6 +7,7 @@ line here.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from editors.methods.base import AppliedEdit, EditMethod, MethodConfig
 
@@ -33,4 +34,10 @@ def get_method(name: str) -> type[EditMethod]:
     return getattr(importlib.import_module(module), attribute)
 
 
-__all__ = ["METHODS", "AppliedEdit", "EditMethod", "MethodConfig", "get_method", "method_names"]
+def make_method(name: str, options: dict[str, Any]) -> EditMethod:
+    """The method ``name`` with ``options`` over its config's defaults (values may be ``--set`` text)."""
+    cls = get_method(name)
+    return cls(cls.config_class.from_dict(options) if options else None)
+
+
+__all__ = ["METHODS", "AppliedEdit", "EditMethod", "MethodConfig", "get_method", "make_method", "method_names"]

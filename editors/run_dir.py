@@ -1,0 +1,268 @@
+"""A run directory: what a run depends on (:class:`RunSettings`) and what it writes (:class:`Run`).
+
+A run directory holds
+
+* ``predictions.jsonl`` -- one line per finished case, appended (and flushed) as it finishes;
+  ``--resume`` skips the case ids found there, so a crashed run loses and redoes nothing;
+* ``predictions.parquet`` -- all rows in the metric's schema (``metric.kebench.PREDICTION_FEATURES``);
+* ``scores.json`` -- the metric's output for both protocols;
+* ``run.json`` -- model, family, method + hyper-parameters, data + fingerprint, versions, seed,
+  the editing protocol, seconds per edit, peak memory, counts of failed cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from editors.adapters.base import ModelAdapter
+from editors.engine import CaseResult
+from editors.methods.base import EditMethod
+from editors.presets import get_preset
+from editors.queries import DEFAULT_CONFIG
+from editors.runtime import device_name, peak_memory_mib
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_JSONL = "predictions.jsonl"
+PREDICTIONS_PARQUET = "predictions.parquet"
+SCORES = "scores.json"
+RUN_INFO = "run.json"
+
+
+@dataclass
+class RunSettings:
+    """Everything a run depends on (``model``/``data`` None: the built-in tiny LLaVA / default world)."""
+
+    method: str
+    out: Path
+    model: str | None = None
+    data: str | None = None
+    config: str = DEFAULT_CONFIG
+    split: str = "test"
+    limit: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    sequential: int = 1
+    #: VLKEB's sequential-gap protocol with this gap G (None: not used); ``limit`` then counts the
+    #: cases scored, and the G cases after them are edited only
+    sequential_gap: int | None = None
+    resume: bool = False
+    editor: Path | None = None
+    seed: int = 0
+    generate: bool = True
+    bootstrap: int = 1000
+    method_options: dict[str, Any] = field(default_factory=dict)
+    #: editors.presets: "kebench" (ours) or "vlkeb" (the reference's evaluation)
+    preset: str = "kebench"
+    #: portability of this hop only; cases without such a question are dropped (the reference's argv)
+    hop: int | None = None
+
+    @property
+    def protocols(self) -> list[str]:
+        return ["token", "generate"] if self.generate else ["token"]
+
+
+def finished_cases(path: Path) -> dict[str, dict[str, Any]]:
+    """The case records of a predictions.jsonl; a torn last line (crash mid-write) is dropped."""
+    records: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return records
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) - 1:
+                logger.warning("%s: dropping the torn last line of an interrupted run", path)
+                continue
+            raise ValueError(f"{path}: line {number + 1} is not JSON") from None
+        records[record["case_id"]] = record
+    return records
+
+
+def _rewrite_jsonl(path: Path, records: dict[str, dict[str, Any]]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(record) + "\n" for record in records.values()))
+    os.replace(partial, path)
+
+
+class Run:
+    """One run directory, from its opening to its scores and provenance.
+
+    ``Run(settings)`` refuses a directory that already holds a run unless ``settings.resume`` (and
+    writes nothing); :meth:`begin` creates it and reads the cases an earlier session finished;
+    :meth:`append` writes each case as it finishes; :meth:`finish` writes the Parquet predictions,
+    the scores and ``run.json``.
+    """
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.out = Path(settings.out)
+        self.jsonl = self.out / PREDICTIONS_JSONL
+        if self.jsonl.exists() and not settings.resume:
+            raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        #: the model and data the run edits (the defaults resolved), recorded in run.json
+        self.model = str(settings.model) if settings.model else None
+        self.data = str(settings.data) if settings.data else None
+        self.prepare_seconds = 0.0
+        #: every finished case's record by case id, this session's and earlier ones'
+        self.done: dict[str, dict[str, Any]] = {}
+        #: seconds per successful edit in this session
+        self.edit_seconds: list[float] = []
+
+    def begin(self, model: str, data: str, prepare_seconds: float) -> set[str]:
+        """Create the directory and read the cases finished before (a torn last line is dropped from
+        the file before anything is appended); returns their ids."""
+        self.model, self.data, self.prepare_seconds = model, data, prepare_seconds
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.done = finished_cases(self.jsonl)
+        _rewrite_jsonl(self.jsonl, self.done)
+        return set(self.done)
+
+    def append(self, results: Iterable[CaseResult], total: int) -> None:
+        """Write each case's record as it finishes (flushed to disk), with its seconds; shows progress
+        out of ``total`` cases."""
+        progress = tqdm(total=total, initial=len(self.done), desc=self.settings.method, unit="edit", disable=None)
+        with self.jsonl.open("a") as sink:
+            last = time.perf_counter()
+            for result in results:
+                now = time.perf_counter()
+                seconds = now - last
+                last = now
+                record = {"case_id": result.case_id, "error": result.error, "seconds": seconds, "rows": result.rows}
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                self.done[result.case_id] = record
+                if result.error is None:
+                    self.edit_seconds.append(seconds)
+                progress.update(1)
+        progress.close()
+
+    def records(self, rows: Any) -> list[dict[str, Any]]:
+        """The finished cases of ``rows`` (the split as run), in its order."""
+        order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
+        return sorted((r for r in self.done.values() if r["case_id"] in order), key=lambda r: order[r["case_id"]])
+
+    def finish(self, adapter: ModelAdapter, method: EditMethod, rows: Any) -> dict[str, Any]:
+        """Write predictions.parquet, scores.json and run.json from the finished cases; returns the scores."""
+        import pyarrow.parquet as pq
+
+        from metric.kebench import score_predictions, to_table
+
+        settings = self.settings
+        records = self.records(rows)
+        table = to_table([row for record in records for row in record["rows"]])
+        # the run metadata travels with the predictions: a file scored elsewhere still says how it was made
+        about = {"preset": settings.preset, "protocols": settings.protocols, "method": method.name,
+                 "model_family": adapter.family, "config": settings.config, "hop": settings.hop}
+        pq.write_table(table.replace_schema_metadata({"kebench": json.dumps(about)}), self.out / PREDICTIONS_PARQUET)
+        preset = get_preset(settings.preset)
+        scores = {
+            protocol: score_predictions(table, protocol=protocol, bootstrap=settings.bootstrap, seed=settings.seed,
+                                        preset=preset.name,
+                                        # micro-averaging is over answer tokens: the token protocol's only
+                                        average=preset.average(method.name) if protocol == "token" else "case")
+            for protocol in ("token", "generate")
+        }
+        (self.out / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
+        (self.out / RUN_INFO).write_text(json.dumps(self.run_info(adapter, method, rows), indent=2) + "\n")
+        failed = [record["case_id"] for record in records if record["error"]]
+        if failed:
+            logger.warning("%d case(s) failed and are counted as skipped: %s", len(failed), ", ".join(failed[:10]))
+        return scores
+
+    def run_info(self, adapter: ModelAdapter, method: EditMethod, rows: Any) -> dict[str, Any]:
+        """The run's provenance (run.json): what was edited with what, how, on which machine, how fast."""
+        import datasets
+        import transformers
+
+        import kebench_hf
+
+        try:
+            from kebench_hf.builder import dataset_fingerprint
+
+            fingerprint = dataset_fingerprint(rows)
+        except ImportError:
+            fingerprint = None
+        settings = self.settings
+        preset = get_preset(settings.preset)
+        records = self.records(rows)
+        failed = [record["case_id"] for record in records if record["error"]]
+        all_seconds = [record["seconds"] for record in records if not record["error"]]
+        return {
+            "model": self.model,
+            "model_family": adapter.family,
+            "model_class": type(adapter.model).__name__,
+            "method": method.name,
+            "hyperparameters": method.config.to_dict(),
+            "method_info": method.run_info(),
+            "editor": str(settings.editor) if settings.editor else None,
+            "data": self.data,
+            "config": settings.config,
+            "split": settings.split,
+            "limit": settings.limit,
+            "dataset_fingerprint": fingerprint,
+            "sequential": settings.sequential,
+            "edit_protocol": self.edit_protocol(rows, records),
+            "preset": settings.preset,
+            "preset_settings": preset.describe(),
+            "protocols": settings.protocols,
+            "hop": settings.hop,
+            "average": preset.average(method.name),
+            "reference_targets": {
+                "queries": len(adapter.reference_targets),
+                "differ_from_in_context": sum(adapter.reference_targets.values()),
+            },
+            "device": settings.device,
+            "device_name": device_name(settings.device),
+            "dtype": settings.dtype,
+            "seed": settings.seed,
+            "generate": settings.generate,
+            "cases": len(records),
+            "failed_cases": len(failed),
+            "failed_case_ids": failed,
+            "seconds_per_edit": float(np.mean(all_seconds)) if all_seconds else None,
+            "seconds_per_edit_this_session": float(np.mean(self.edit_seconds)) if self.edit_seconds else None,
+            "prepare_seconds": self.prepare_seconds,
+            "peak_memory_mib": peak_memory_mib(settings.device),
+            "versions": {
+                "kebench_hf": kebench_hf.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "datasets": datasets.__version__,
+                "python": platform.python_version(),
+            },
+        }
+
+    def edit_protocol(self, rows: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """How the edits of the run were applied and undone (run.json's ``edit_protocol``)."""
+        settings = self.settings
+        if settings.sequential_gap is not None:
+            scored = {record["case_id"] for record in records}
+            return {
+                "name": "sequential_gap",
+                "gap": settings.sequential_gap,
+                "scored_cases": len(scored),
+                "edit_only_case_ids": [case_id for case_id in rows["case_id"] if case_id not in scored],
+                "about": "VLKEB's test_sequential_editing.py: every pre-edit output on the unedited model first; "
+                         "edits accumulate in order, never restored during the run; case i is scored after edits "
+                         "0..i+gap; the gap cases after the last scored one are edited only; all restored at the end",
+            }
+        if settings.sequential > 1:
+            return {"name": "sequential_groups", "group": settings.sequential,
+                    "about": "ours (not the reference's): groups of N edits applied together, all N cases scored on "
+                             "the model holding the group's edits, then restored"}
+        return {"name": "single", "about": "each case edited alone, scored, and the model restored before the next"}
