@@ -8,6 +8,8 @@ import json
 import logging
 from pathlib import Path
 
+from filelock import FileLock
+
 from editors.abilities import MissingAbilityError, shortfalls
 from editors.pretrain import RECIPE, SUMMARY, PretrainConfig, pretrain
 from kebench_hf.paths import cache_dir
@@ -43,10 +45,16 @@ def default_model(arch: str = "llava") -> Path:
     candidates = [SHIPPED_DEFAULT_MODEL, out] if arch == "llava" else [out]
     found = next(((path, summary) for path in candidates if (summary := _usable_record(path, fingerprint))), None)
     if found is None:
-        logger.info("pretraining the default tiny %s (no model of recipe %d for this world)", arch, RECIPE)
-        (out / SUMMARY).unlink(missing_ok=True)
-        pretrain(world, out, PretrainConfig(arch=arch))  # raises when an ability stays short
-        found = out, json.loads((out / SUMMARY).read_text())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # runs sharing the cache wait for the one pretraining instead of training into the same files
+        with FileLock(out.parent / f"{out.name}.lock"):
+            summary = _usable_record(out, fingerprint)
+            if summary is None:
+                logger.info("pretraining the default tiny %s (no model of recipe %d for this world)", arch, RECIPE)
+                (out / SUMMARY).unlink(missing_ok=True)
+                pretrain(world, out, PretrainConfig(arch=arch))  # raises when an ability stays short
+                summary = json.loads((out / SUMMARY).read_text())
+        found = out, summary
     path, summary = found
     missing = shortfalls(summary["accuracy"])
     if missing:
