@@ -241,11 +241,13 @@ def reference_ft(model: Any, processor: Any, images_root: Path, records: list[di
 
 
 def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int,
-                        lr: float, second_edit_bos: bool = True) -> dict[str, float | None]:
+                        lr: float, second_edit_bos: bool = True,
+                        predicted: list[list[int]] | None = None) -> dict[str, float | None]:
     """The ``edit_onehop`` branch's FT-LLM on LLaVA: both edits, then ``port_q`` (``edit_step``).
 
     ``second_edit_bos``: the second edit's labels ``tok([port_edit_a])`` with BOS, as the branch
-    builds them for LLaVA (``False``: without, as it does for BLIP-2 and MiniGPT-4)."""
+    builds them for LLaVA (``False``: without, as it does for BLIP-2 and MiniGPT-4). ``predicted``
+    collects each case's argmax ids at ``port_a``'s positions."""
     ft = ReferenceFT(model, processor, images_root, steps, lr)
     original = ft.save()
     per_case = []
@@ -256,6 +258,9 @@ def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: 
         ft.edit(question, None, answer, special_tokens=second_edit_bos)
         with torch.no_grad():
             per_case.append({"edit_onehop": ft.llava.accuracy(record["port"][0], record["image"], record["port"][1])})
+            if predicted is not None:
+                predicted.append(ft.llava.answer_logits(record["port"][0], record["image"],
+                                                        record["port"][1]).argmax(-1).tolist())
     ft.load(original)
     return _means(per_case, ("edit_onehop",))
 
