@@ -110,7 +110,7 @@ class Reference:
         try:
             onehop = test_split(ONEHOP_CONFIG)
         except (FileNotFoundError, KeyError, ValueError) as error:
-            logger.info("no %s reference in %s (%s): edit-one-hop runs are refused", ONEHOP_CONFIG, data, error)
+            logger.warning("no %s reference in %s (%s): edit-one-hop runs are refused", ONEHOP_CONFIG, data, error)
             onehop = None
         return replace(test_split(LEADERBOARD_CONFIG), onehop=onehop)
 
