@@ -124,25 +124,29 @@ class PeakMemory:
             self.peak_mib = max(self._highest, self._rss_mib()) - self._start
 
 
-def engine_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]) -> list[dict[str, Any]]:
-    engine = Engine(adapter, method, EngineOptions(generate=False))
+def engine_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase],
+                preset: Preset = KEBENCH) -> list[dict[str, Any]]:
+    engine = Engine(adapter, method, EngineOptions(generate=False, queries=preset.query_table(method)))
     return [row for result in engine.run((case.case_id, case) for case in cases) for row in result.rows]
 
 
-def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase]) -> list[dict[str, Any]]:
+def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase],
+                   preset: Preset = KEBENCH) -> list[dict[str, Any]]:
     """Our methods and prompts run the reference code's way (the cost structure, not its scoring:
     that is ``--preset vlkeb``), producing the same rows as :class:`Engine` (token protocol)."""
-    options = EngineOptions(generate=False)
+    options = EngineOptions(generate=False, queries=preset.query_table(method))
     rows = []
     for case in cases:
-        labels, queries, topk = case_queries(case, options)
+        labels, queries, topk, positions = case_queries(case, options)
         edited = type(adapter)(copy.deepcopy(adapter.model), adapter.processor)
         edited.form = adapter.form
-        pre = [score_queries(adapter, [query], [k])[0] for query, k in zip(queries, topk, strict=True)]
+        asked = list(zip(queries, topk, positions, strict=True))
+        pre = [score_queries(adapter, [query], [k], [where])[0] for query, k, where in asked]
         torch.manual_seed(case_seed(options.seed, case.case_id))
         applied = method.apply(edited, case)
-        post = [applied.score([query], [k])[0] for query, k in zip(queries, topk, strict=True)]
-        rows += ScoredCase(case, labels, queries, topk, pre, [""] * len(queries)).rows(post, [""] * len(queries))
+        post = [applied.score([query], [k], positions=[where])[0] for query, k, where in asked]
+        rows += ScoredCase(case, labels, queries, topk, positions, pre, [""] * len(queries)).rows(
+            post, [""] * len(queries))
         del edited, applied
     return rows
 
@@ -177,14 +181,14 @@ def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[Edi
         method.prepare(adapter, train)
     adapter.model.requires_grad_(False)
     # One-time costs (first backward, allocator growth) belong to neither loop: warm both up first.
-    engine_rows(adapter, ours, [warm_up])
-    reference_rows(adapter, reference, [warm_up])
+    engine_rows(adapter, ours, [warm_up], preset)
+    reference_rows(adapter, reference, [warm_up], preset)
     # Case by case, the loops alternating: a machine that slows down or speeds up meanwhile slows or
     # speeds both alike (timed one after the other, the ratio moved by ~10% between identical runs).
     our, ref = _Totals(), _Totals()
     for case in cases:
-        our.time(lambda case=case: engine_rows(adapter, ours, [case]), adapter.device)
-        ref.time(lambda case=case: reference_rows(adapter, reference, [case]), adapter.device)
+        our.time(lambda case=case: engine_rows(adapter, ours, [case], preset), adapter.device)
+        ref.time(lambda case=case: reference_rows(adapter, reference, [case], preset), adapter.device)
     our_scores = score_predictions(our.rows, protocol="token", bootstrap=0)["scores"]
     ref_scores = score_predictions(ref.rows, protocol="token", bootstrap=0)["scores"]
     difference = max(

@@ -60,11 +60,13 @@ class EditCase:
     portability: tuple[PortabilityQuestion, ...] = field(default_factory=tuple)
     #: the second edit and its question (config ``edit_onehop``: exactly one; otherwise none)
     onehop: tuple[OneHopEdit, ...] = field(default_factory=tuple)
+    #: this case is another case's edit-one-hop second edit (made by :meth:`second_edit`)
+    is_second_edit: bool = False
 
     @property
     def edit_query(self) -> Query:
         """The query the edit is made on (the Reliability query)."""
-        return Query(self.src, self.alt, self.image)
+        return Query(self.src, self.alt, self.image, second_edit=self.is_second_edit)
 
     def second_edit(self, on_image: bool = False) -> EditCase:
         """Edit-one-hop's second edit as a case of its own: ``edit_question`` -> ``edit_answer``, text
@@ -75,7 +77,7 @@ class EditCase:
                             "edit-one-hop takes exactly one (the reference asserts it)")
         item = self.onehop[0]
         return replace(self, src=item.edit_question, alt=item.edit_answer,
-                       image=self.image if on_image else None, onehop=())
+                       image=self.image if on_image else None, onehop=(), is_second_edit=True)
 
 
 _TEXT = ("case_id", "src", "rephrase", "pred", "alt", "loc", "loc_ans", "m_loc_q", "m_loc_a")

@@ -32,7 +32,7 @@ from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import CaseError, EditCase
 from editors.forward import Readout, TopLayers, model_logits, readouts
 from editors.methods.base import AppliedEdit, EditMethod
-from editors.queries import DEFAULT_CONFIG, config_metrics
+from editors.queries import DEFAULT_CONFIG, QuerySpec, config_metrics
 from editors.queries import case_queries as spec_queries
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineOptions:
     """How queries are scored; ``config``: the dataset config of the cases (it decides their queries,
-    see :mod:`editors.queries`)."""
+    see :mod:`editors.queries`); ``queries``: the query specs asked (a preset's table,
+    :meth:`editors.presets.Preset.query_table`; None: :data:`editors.queries.QUERIES`)."""
 
     generate: bool = True
     max_new_tokens: int = 16
     seed: int = 0
     config: str = DEFAULT_CONFIG
+    queries: tuple[QuerySpec, ...] | None = None
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ScoredCase:
     labels: list[tuple[str, int]]
     queries: list[Query]
     topk: list[int]
+    #: per query, the positions its top-k is kept over (its spec's ``positions``)
+    positions: list[str]
     pre: list[Readout]
     pre_text: list[str]
     encoded: EncodedBatch | None = None
@@ -91,10 +95,14 @@ class ScoredCase:
         return rows
 
 
-def case_queries(case: EditCase, options: EngineOptions) -> tuple[list[tuple[str, int]], list[Query], list[int]]:
-    """``(labels, queries, topk)`` of a case: ``(metric, hop)`` per query and the ranks it keeps."""
-    listed = spec_queries(case, options.config)
-    return [(spec.metric, hop) for spec, hop, _ in listed], [query for _, _, query in listed], [spec.topk for spec, _, _ in listed]
+def case_queries(
+    case: EditCase, options: EngineOptions
+) -> tuple[list[tuple[str, int]], list[Query], list[int], list[str]]:
+    """``(labels, queries, topk, positions)`` of a case: ``(metric, hop)`` per query, the ranks it
+    keeps and the positions it keeps them over, read from its spec."""
+    listed = spec_queries(case, options.config, options.queries)
+    return ([(spec.metric, hop) for spec, hop, _ in listed], [query for _, _, query in listed],
+            [spec.topk for spec, _, _ in listed], [spec.positions for spec, _, _ in listed])
 
 
 def case_seed(seed: int, case_id: str) -> int:
@@ -187,7 +195,7 @@ class Engine:
         if isinstance(case, CaseError):
             logger.warning("case %s failed: %s", case_id, case)
             return CaseResult(case_id, failed_rows(case_id, self.options.config), str(case))
-        labels, queries, topk = case_queries(self.method.target_case(case), self.options)
+        labels, queries, topk, positions = case_queries(self.method.target_case(case), self.options)
         try:
             encoded = self.adapter.encode(queries).to(self.adapter.device)
             top = None
@@ -199,13 +207,13 @@ class Engine:
             else:
                 with torch.no_grad():
                     logits, offset = model_logits(self.adapter, encoded)
-            pre = readouts(logits, offset, encoded, topk)
+            pre = readouts(logits, offset, encoded, topk, positions)
             del logits
             pre_text = self._generate(queries, None)
         except (CaseError, ValueError) as error:
             logger.warning("case %s failed: %s", case_id, error)
             return CaseResult(case_id, failed_rows(case_id, self.options.config), f"case {case_id}: {error}")
-        return ScoredCase(case, labels, queries, topk, pre, pre_text, encoded if keep_inputs else None, top)
+        return ScoredCase(case, labels, queries, topk, positions, pre, pre_text, encoded if keep_inputs else None, top)
 
     def _apply(self, case: EditCase) -> list[AppliedEdit]:
         """The case's edit, or with a one-hop edit both: the case's, then the second on the edited model."""
@@ -221,7 +229,7 @@ class Engine:
         try:
             if case_id in failed_edits:
                 raise ValueError(failed_edits[case_id])
-            post = edit.score(scored.queries, scored.topk)
+            post = edit.score(scored.queries, scored.topk, positions=scored.positions)
             return CaseResult(case_id, scored.rows(post, self._generate(scored.queries, edit)))
         except (CaseError, ValueError) as error:
             logger.warning("case %s failed: %s", case_id, error)
@@ -237,7 +245,8 @@ class Engine:
             last = applied[-1]  # sequential: the last edit sees the cumulative state
             results = []
             for scored in group:
-                post = last.score(scored.queries, scored.topk, encoded=scored.encoded, top=scored.top)
+                post = last.score(scored.queries, scored.topk, encoded=scored.encoded, top=scored.top,
+                                  positions=scored.positions)
                 post_text = self._generate(scored.queries, last)
                 results.append(CaseResult(scored.case.case_id, scored.rows(post, post_text)))
         except (CaseError, ValueError) as error:

@@ -44,11 +44,12 @@ class Readout:
 
 
 def shared_prefix_length(adapter: ModelAdapter, batch: EncodedBatch) -> int:
-    """How many leading positions all rows share and no readout needs (0: run everything)."""
+    """How many leading positions all rows share and no readout needs (0: run everything): up to
+    the first valid position, where every choice of :func:`compared_positions` starts at the earliest."""
     ids = batch.inputs["input_ids"]
     if ids.shape[0] < 2 or not adapter.supports_prefix_cache:
         return 0
-    length = min(compared_positions(batch, row).start for row in range(ids.shape[0]))
+    length = min(valid.start for valid in batch.valid_positions)
     # image tokens share ids, not content: a batch may bound its shareable prefix (see the adapters)
     length = min(length, batch.extra.get("shared_prefix_limit", length))
     if length == 0:
@@ -87,26 +88,28 @@ def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tens
     return prefix_then_rows(adapter, batch, prefix)[1], prefix
 
 
-def compared_positions(batch: EncodedBatch, row: int) -> slice:
-    """The positions of ``row`` whose top-k the token-protocol locality compares, by the batch's
-    named choice (:data:`editors.presets.POSITIONS`): ``all_but_last`` the valid positions,
+def compared_positions(batch: EncodedBatch, row: int, positions: str = "all_but_last") -> slice:
+    """The positions of ``row`` whose top-k the token-protocol locality compares, by the query
+    spec's named choice (:data:`editors.presets.POSITIONS`): ``all_but_last`` the valid positions,
     ``all`` those and the row's last one (the reference's trainer path takes the top-k of every
     logits position), ``answer`` the positions predicting the answer (the reference's IKE)."""
     valid, answer = batch.valid_positions[row], batch.answer_slices[row]
-    if batch.positions == "all_but_last":
+    if positions == "all_but_last":
         return valid
-    if batch.positions == "all":
+    if positions == "all":
         return slice(valid.start, valid.stop + 1)
-    if batch.positions == "answer":
+    if positions == "answer":
         return answer
-    raise ValueError(f"unknown locality positions {batch.positions!r}")
+    raise ValueError(f"unknown locality positions {positions!r}")
 
 
-def readouts(logits: torch.Tensor, offset: int, batch: EncodedBatch, topk: list[int]) -> list[Readout]:
-    """Per-row :class:`Readout` from ``logits`` (positions from ``offset``)."""
+def readouts(logits: torch.Tensor, offset: int, batch: EncodedBatch, topk: list[int],
+             positions: list[str] | None = None) -> list[Readout]:
+    """Per-row :class:`Readout` from ``logits`` (positions from ``offset``); ``positions[row]``
+    names the positions row ``row``'s top-k is kept over (None: ``all_but_last`` for every row)."""
     result = []
     for row, (answer, targets, k) in enumerate(zip(batch.answer_slices, batch.target_ids, topk, strict=True)):
-        compared = compared_positions(batch, row)
+        compared = compared_positions(batch, row, positions[row] if positions else "all_but_last")
         argmax = logits[row, answer.start - offset : answer.stop - offset].argmax(dim=-1).tolist()
         if k:
             top = logits[row, compared.start - offset : compared.stop - offset].float().topk(k, dim=-1).indices.cpu()
@@ -117,11 +120,12 @@ def readouts(logits: torch.Tensor, offset: int, batch: EncodedBatch, topk: list[
 
 
 @torch.no_grad()
-def score_queries(adapter: ModelAdapter, queries: list[Query], topk: list[int]) -> list[Readout]:
-    """Teacher-forced readouts of ``queries`` in one batched forward."""
+def score_queries(adapter: ModelAdapter, queries: list[Query], topk: list[int],
+                  positions: list[str] | None = None) -> list[Readout]:
+    """Teacher-forced readouts of ``queries`` in one batched forward (``positions``: see :func:`readouts`)."""
     batch = adapter.encode(queries).to(adapter.device)
     logits, offset = model_logits(adapter, batch)
-    return readouts(logits, offset, batch, topk)
+    return readouts(logits, offset, batch, topk, positions)
 
 
 class TopLayers:

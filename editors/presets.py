@@ -13,15 +13,19 @@ Two presets (see ``docs/protocols.md`` for every difference, with the reference'
   portability scored one hop per run. What it still does not reproduce is listed there too
   ("Not reproduced under vlkeb").
 
-A preset only holds what differs; the adapters (prompt forms), :mod:`editors.forward` (positions
-compared) and the method configs (hyper-parameters) read it.
+A preset only holds what differs; the adapters read its prompt form, the engine its query table
+(:meth:`Preset.query_table`: the query specs with the preset's locality positions) and the method
+configs its hyper-parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from editors.queries import QuerySpec
 
 #: which positions of a locality query are compared (top-``k`` ids, pre- against post-edit); the
 #: query table (:mod:`editors.queries`) and the presets name one of these
@@ -45,16 +49,17 @@ class PromptForm:
     model places it) with targets ``tok(answer_prefix + answer, add_special_tokens=False)`` read
     at the last ``len(targets)`` positions before the row's end, as the reference reads its labels;
     otherwise the family's own prompt with the answer tokens as they are in context.
-    ``positions`` names the positions locality compares (a key of :data:`POSITIONS`).
+    ``second_edit_special_tokens`` (reference form only): edit-one-hop's second edit (a query with
+    ``second_edit``) targets ``tok(answer)`` with the tokenizer's special tokens (BOS first), read
+    at the last ``len(targets)`` positions before the row's end as every reference label: the
+    reference's ``edit_onehop`` branch does so for LLaVA (``easyeditor/dataset/coco_caption.py``,
+    ``self.tok([port_edit_a], return_tensors="pt")``), so that edit also trains the position
+    predicting the question's last token towards BOS.
     """
 
     reference: bool = False
     answer_prefix: str = ""
-    positions: str = "all_but_last"
-
-    def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ValueError(f"unknown locality positions {self.positions!r}; expected one of {sorted(POSITIONS)}")
+    second_edit_special_tokens: bool = False
 
 
 #: the reference's FT recipe shared by FT-LLM and FT-vision (``easyeditor/trainer/algs/FT.py``):
@@ -76,6 +81,9 @@ class Preset:
     #: families whose reference IKE labels carry a leading space (``evaluate.py``: Qwen-VL's
     #: ``tok(" " + target)``); the trainer path never does
     context_answer_prefix: Mapping[str, str] = field(default_factory=dict)
+    #: families whose edit-one-hop second edit targets ``tok(answer)`` with special tokens
+    #: (:class:`PromptForm`; the reference's ``edit_onehop`` branch: LLaVA)
+    second_edit_special_tokens: tuple[str, ...] = ()
     #: methods averaged over tokens instead of cases (the metric's ``average="token"``)
     token_averaged: tuple[str, ...] = ()
     #: portability one hop per run (``--hop k``), as the reference's argv; else every hop pooled
@@ -85,13 +93,30 @@ class Preset:
     #: families the preset can build queries for (None: every family with an adapter)
     families: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        for positions in (self.weight_locality_positions, self.context_locality_positions):
+            if positions not in POSITIONS:
+                raise ValueError(f"preset {self.name!r}: unknown locality positions {positions!r}; "
+                                 f"expected one of {sorted(POSITIONS)}")
+
     def prompt_form(self, method: Any, family: str) -> PromptForm:
         """The prompt form of ``method`` (an :class:`~editors.methods.base.EditMethod`) on ``family``."""
         self.check_family(family)
-        in_context = bool(getattr(method, "edits_prompt", False))
-        positions = self.context_locality_positions if in_context else self.weight_locality_positions
-        prefix = self.context_answer_prefix.get(family, "") if in_context else ""
-        return PromptForm(reference=self.reference_prompt, answer_prefix=prefix, positions=positions)
+        prefix = self.context_answer_prefix.get(family, "") if _in_context(method) else ""
+        return PromptForm(reference=self.reference_prompt, answer_prefix=prefix,
+                          second_edit_special_tokens=family in self.second_edit_special_tokens)
+
+    def locality_positions(self, method: Any) -> str:
+        """The positions the locality queries of ``method`` compare under this preset."""
+        return self.context_locality_positions if _in_context(method) else self.weight_locality_positions
+
+    def query_table(self, method: Any) -> tuple[QuerySpec, ...]:
+        """The query specs (:data:`editors.queries.QUERIES`) as this preset asks them of ``method``:
+        every locality spec (``topk > 0``) compares :meth:`locality_positions`."""
+        from editors import queries
+
+        positions = self.locality_positions(method)
+        return tuple(replace(spec, positions=positions) if spec.topk else spec for spec in queries.QUERIES)
 
     def settings(self, method: str, family: str) -> dict[str, Any]:
         """The preset's config values for ``method`` on ``family`` (empty: the method's defaults)."""
@@ -118,8 +143,14 @@ class Preset:
             "weight_locality_positions": self.weight_locality_positions,
             "context_locality_positions": self.context_locality_positions,
             "one_hop_portability": self.one_hop_portability,
+            "second_edit_special_tokens": list(self.second_edit_special_tokens),
             "token_averaged": list(self.token_averaged),
         }
+
+
+def _in_context(method: Any) -> bool:
+    """Whether ``method``'s edits live in the prompt (IKE), not in the weights."""
+    return bool(getattr(method, "edits_prompt", False))
 
 
 KEBENCH = Preset(name="kebench")
@@ -132,6 +163,9 @@ VLKEB = Preset(
     # evaluate/evaluate.py icl_multimodal_loc_logits: logits[:, :-1][:, -len(labels):]
     context_locality_positions="answer",
     context_answer_prefix={"qwen2-vl": " "},
+    # edit_onehop branch, easyeditor/dataset/coco_caption.py: tok([port_edit_a]) unless the model is
+    # minigpt4 or blip2 (that branch has no Qwen-VL)
+    second_edit_special_tokens=("llava",),
     token_averaged=("ke",),
     one_hop_portability=True,
     families=("llava", "blip2", "qwen2-vl"),

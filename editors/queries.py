@@ -47,7 +47,8 @@ class QuerySpec:
     #: 0: scored on the answer tokens (argmax against the target); k > 0: a locality query, its
     #: top-k ids compared pre- against post-edit (ordered, element-wise) over ``positions``
     topk: int = 0
-    #: which positions a locality query compares (a key of :data:`POSITIONS`)
+    #: which positions a locality query compares (a key of :data:`POSITIONS`); a preset's table
+    #: (:meth:`editors.presets.Preset.query_table`) sets its own, and the engine reads it from there
     positions: str = "all_but_last"
     #: whether the edit should change its answer (generality) or must leave it alone (locality)
     in_scope: bool = True
@@ -104,9 +105,9 @@ def spec(name: str) -> QuerySpec:
     raise ValueError(f"unknown query {name!r}; known: {[candidate.name for candidate in QUERIES]}")
 
 
-def config_specs(config: str) -> tuple[QuerySpec, ...]:
-    """The specs the cases of dataset ``config`` are scored on."""
-    return tuple(candidate for candidate in QUERIES if config in candidate.configs)
+def config_specs(config: str, table: tuple[QuerySpec, ...] | None = None) -> tuple[QuerySpec, ...]:
+    """The specs of ``table`` (None: :data:`QUERIES`) the cases of dataset ``config`` are scored on."""
+    return tuple(candidate for candidate in (QUERIES if table is None else table) if config in candidate.configs)
 
 
 def config_metrics(config: str) -> tuple[str, ...]:
@@ -129,6 +130,7 @@ __all__ = ["DEFAULT_CONFIG", "POSITIONS", "QUERIES", "QuerySpec", "case_queries"
            "metric_titles", "spec", "trained_specs"]
 
 
-def case_queries(case: EditCase, config: str) -> list[tuple[QuerySpec, int, Query]]:
-    """``(spec, hop, query)`` for every query ``case`` (of dataset ``config``) is scored on."""
-    return [(candidate, hop, query) for candidate in config_specs(config) for hop, query in candidate.build(case)]
+def case_queries(case: EditCase, config: str, table: tuple[QuerySpec, ...] | None = None) -> list[tuple[QuerySpec, int, Query]]:
+    """``(spec, hop, query)`` for every query ``case`` (of dataset ``config``) is scored on, the specs
+    those of ``table`` (a preset's, :meth:`~editors.presets.Preset.query_table`; None: :data:`QUERIES`)."""
+    return [(candidate, hop, query) for candidate in config_specs(config, table) for hop, query in candidate.build(case)]

@@ -52,6 +52,11 @@ def preset_rows(rows: Any, preset: Preset, hop: int | None) -> Any:
     return without_portability(rows) if preset.one_hop_portability else rows
 
 
+def limited(rows: Any, limit: int | None) -> Any:
+    """The first ``limit`` rows (None: all)."""
+    return rows if limit is None else rows.select(range(min(limit, len(rows))))
+
+
 def _cases(rows: Any, skip: set[str]) -> Iterator[tuple[str, EditCase | CaseError]]:
     cases = CaseSequence(rows)
     case_ids = rows["case_id"]
@@ -99,10 +104,13 @@ def run(settings: RunSettings) -> dict[str, Any]:
     gap = settings.sequential_gap
     data = str(settings.data) if settings.data else str(default_world())
     rows = load_split(data, settings.config, settings.split)
-    if settings.limit is not None:
-        # the gap protocol edits G more cases than it scores
-        rows = rows.select(range(min(settings.limit + (gap or 0), len(rows))))
-    rows = preset_rows(rows, preset, settings.hop)
+    if gap is None:
+        # --limit before the hop filter, as the reference's CaptionDataset(size=...)
+        rows = preset_rows(limited(rows, settings.limit), preset, settings.hop)
+    else:
+        # the reference's sequential run filters the whole file by hop, then edits test_num + gap
+        # cases of it (test_sequential_editing.py): --limit counts the cases scored
+        rows = limited(preset_rows(rows, preset, settings.hop), None if settings.limit is None else settings.limit + gap)
     scored = len(rows) if gap is None else min(settings.limit or len(rows), len(rows) - gap)
     if gap is not None and scored < 1:
         raise ValueError(f"--sequential-gap {gap} needs more than {gap} cases; the split has {len(rows)}")
@@ -124,7 +132,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     started = time.perf_counter()
     method.prepare(adapter, CaseSequence(train), settings.editor)
     done = run_dir.begin(model, data, prepare_seconds=time.perf_counter() - started)
-    engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed, config=settings.config))
+    engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed, config=settings.config,
+                                                   queries=preset.query_table(method)))
     if gap is None:
         results = engine.run(_cases(rows, done), sequential=settings.sequential)
     else:

@@ -18,6 +18,17 @@ a time, batch size 1, every query tokenized on its own:
 * IKE (``easyeditor/models/ike/``, ``easyeditor/evaluate/evaluate.py``): k demonstrations by
   ``util.semantic_search`` dot score, most similar first, then the edit's own; locality over the
   answer positions only;
+* edit-one-hop (``edit_onehop`` branch: ``test_edit_onehop.py``, ``trainer/MultimodalTrainer.py``
+  ``edit_step``, ``dataset/coco_caption.py``): FT edits ``src -> alt`` on the image, then, on the
+  model it left, the text-only ``port_edit_q -> port_edit_a`` with a fresh optimizer, whose labels
+  LLaVA builds as ``tok([port_edit_a])`` (special tokens: BOS first); ``port_q`` on the edit image is
+  scored against ``tok(port_a, add_special_tokens=False)``; the weights are put back when the next
+  case's first edit starts;
+* the sequential gap protocol (``multihop_and_sequential`` branch: ``test_sequential_editing.py``,
+  ``MultimodalTrainer.test_sequencial``): the locality logits of the first ``test_num`` cases on
+  the unedited model first; then FT edits every case in order and never restores (``FT.py`` there
+  has the restore commented out); once edit ``s >= gap`` is made, case ``s - gap`` is scored on the
+  six scores against its stored locality logits; it stops when every stored case is scored;
 * each score is the mean over cases of the per-case accuracy, in percent.
 """
 
@@ -53,8 +64,32 @@ def load_records(data_dir: Path, file: str, size: int | None, hop: int | None) -
     return kept
 
 
+def load_onehop_records(data_dir: Path, file: str, size: int | None) -> list[dict[str, Any]]:
+    """The ``edit_onehop`` branch's ``CaptionDataset(file, size=size)``: each kept record's
+    ``port_new`` items as (``port_edit_q``, ``port_edit_a``) second edits and (``port_q``,
+    ``port_a``) questions; ``edit_step`` asserts there is exactly one of each."""
+    records = json.loads((Path(data_dir) / file).read_text())
+    if size is not None:
+        records = records[:size]
+    kept = []
+    for record in records:
+        if record["alt"] == "":
+            continue
+        items = record["port_new"]
+        assert len(items) == 1, "edit twice only support one portability edit"
+        kept.append({**record, "second_edit": (items[0]["port_edit_q"], items[0]["port_edit_a"]),
+                     "port": (items[0]["port_q"], items[0]["port_a"])})
+    return kept
+
+
 class ReferenceLLaVA:
     """The tiny LLaVA driven the way the reference drives LLaVA-1.5."""
+
+    def ft_parameter_names(self) -> set[str]:
+        """``hparams/FT/llava.yaml`` ``inner_params``: up/down projections of the last layer."""
+        last = len(self.model.model.language_model.layers) - 1
+        return {f"model.language_model.layers.{last}.mlp.up_proj.weight",
+                f"model.language_model.layers.{last}.mlp.down_proj.weight"}
 
     def __init__(self, model: Any, processor: Any, images_root: Path) -> None:
         self.model = model
@@ -79,15 +114,40 @@ class ReferenceLLaVA:
             inputs["pixel_values"] = self.image(image)
         return self.model(input_ids=torch.tensor([ids]), **inputs).logits[0]
 
-    def labels(self, answer: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    def labels(self, answer: str, special_tokens: bool = False) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(answer, add_special_tokens=special_tokens)["input_ids"])
 
-    def answer_logits(self, text: str, image: str | None, answer: str) -> torch.Tensor:
-        labels = self.labels(answer)
+    def answer_logits(self, text: str, image: str | None, answer: str, special_tokens: bool = False) -> torch.Tensor:
+        labels = self.labels(answer, special_tokens)
         return self.logits(f"{text} {answer}", image)[:-1][-len(labels):]
 
     def accuracy(self, text: str, image: str | None, answer: str) -> float:
         return float((self.answer_logits(text, image, answer).argmax(-1) == self.labels(answer)).float().mean())
+
+
+class ReferenceBLIP2(ReferenceLLaVA):
+    """The tiny BLIP-2 driven as the reference drives BLIP-2 OPT (``trainer/blip2_models/blip2_opt.py``
+    ``forward``): with an image, the Q-Former's query embeddings, then ``opt_tokenizer(text)`` (BOS
+    first); without one, the OPT model alone on ``opt_tokenizer(text)``."""
+
+    def __init__(self, model: Any, processor: Any, images_root: Path) -> None:
+        self.model = model
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.images_root = Path(images_root)
+
+    def ft_parameter_names(self) -> set[str]:
+        """``hparams/FT/blip2.yaml`` ``inner_params``: ``fc1``/``fc2`` weights of OPT's last layer."""
+        last = len(self.model.language_model.model.decoder.layers) - 1
+        return {f"language_model.model.decoder.layers.{last}.fc1.weight",
+                f"language_model.model.decoder.layers.{last}.fc2.weight"}
+
+    def logits(self, text: str, image: str | None) -> torch.Tensor:
+        ids = self.tokenizer(text)["input_ids"]
+        if image is None:
+            return self.model.language_model(input_ids=torch.tensor([ids])).logits[0]
+        queries = [self.model.config.image_token_index] * self.model.config.num_query_tokens
+        return self.model(input_ids=torch.tensor([queries + ids]), pixel_values=self.image(image)).logits[0]
 
 
 def topk_agreement(pre: torch.Tensor, post: torch.Tensor, k: int) -> float:
@@ -97,63 +157,127 @@ def topk_agreement(pre: torch.Tensor, post: torch.Tensor, k: int) -> float:
     return float((pre_top == post_top).float().mean())
 
 
-def _means(per_case: list[dict[str, float]]) -> dict[str, float | None]:
+def _means(per_case: list[dict[str, float]], names: tuple[str, ...] = SCORE_NAMES) -> dict[str, float | None]:
     return {name: (100 * sum(c[name] for c in per_case) / len(per_case) if per_case and name in per_case[0] else None)
-            for name in SCORE_NAMES}
+            for name in names}
+
+
+class ReferenceFT:
+    """``trainer/algs/FT.py`` on LLaVA (``hparams/FT/llava.yaml``) or BLIP-2 (``blip2.yaml``,
+    ``family=ReferenceBLIP2``): the model cast to float32, the yaml's ``inner_params`` trained by a
+    fresh torch AdamW per edit."""
+
+    def __init__(self, model: Any, processor: Any, images_root: Path, steps: int, lr: float,
+                 family: type[ReferenceLLaVA] = ReferenceLLaVA) -> None:
+        self.model = copy.deepcopy(model).float()
+        self.llava = family(self.model, processor, images_root)
+        self.steps, self.lr = steps, lr
+        names = self.llava.ft_parameter_names()
+        self.weights = {name: param for name, param in self.model.named_parameters() if name in names}
+        assert set(self.weights) == names, f"missing {names - set(self.weights)}"
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name in self.weights)
+
+    def save(self) -> dict[str, torch.Tensor]:
+        return {name: param.detach().clone() for name, param in self.weights.items()}
+
+    def load(self, saved: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in saved.items():
+                self.weights[name].copy_(value)
+
+    def edit(self, text: str, image: str | None, answer: str, special_tokens: bool = False) -> None:
+        """``num_steps`` steps on the NLL of ``labels`` read at ``logits[:-1][-len(labels):]``."""
+        self.model.train()
+        optimizer = torch.optim.AdamW(list(self.weights.values()), lr=self.lr)
+        labels = self.llava.labels(answer, special_tokens)
+        for _ in range(self.steps):
+            optimizer.zero_grad()
+            logits = self.llava.answer_logits(text, image, answer, special_tokens)
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+            optimizer.step()
+        self.model.eval()
+
+    @torch.no_grad()
+    def locality_logits(self, record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.llava.logits(f"{record['loc']} {record['loc_ans']}", None),
+                self.llava.logits(f"{record['m_loc_q']} {record['m_loc_a']}", record["m_loc"]))
+
+    @torch.no_grad()
+    def scores(self, record: dict[str, Any], base: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        """The six scores of ``record`` on the model as it is, locality against ``base``."""
+        llava = self.llava
+        text, image = self.locality_logits(record)
+        scores = {
+            "reliability": llava.accuracy(record["src"], record["image"], record["alt"]),
+            "t_generality": llava.accuracy(record["rephrase"], record["image"], record["alt"]),
+            "i_generality": llava.accuracy(record["src"], record["image_rephrase"], record["alt"]),
+            "t_locality": topk_agreement(base[0], text, 1),
+            "i_locality": topk_agreement(base[1], image, 10),
+        }
+        if "port" in record:
+            scores["portability"] = llava.accuracy(record["port"][0], record["image"], record["port"][1])
+        return scores
 
 
 def reference_ft(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int, lr: float,
-                 stale_baseline: bool) -> dict[str, float | None]:
-    """The reference's FT-LLM on LLaVA (``hparams/FT/llava.yaml``), scored as ``MultimodalTrainer``."""
-    model = copy.deepcopy(model).float()
-    llava = ReferenceLLaVA(model, processor, images_root)
-    last = len(model.model.language_model.layers) - 1
-    names = {f"model.language_model.layers.{last}.mlp.up_proj.weight",
-             f"model.language_model.layers.{last}.mlp.down_proj.weight"}
-    weights = {name: param for name, param in model.named_parameters() if name in names}
-    assert set(weights) == names, f"missing {names - set(weights)}"
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in weights)
+                 stale_baseline: bool, family: type[ReferenceLLaVA] = ReferenceLLaVA) -> dict[str, float | None]:
+    """The reference's FT-LLM on LLaVA (or BLIP-2), scored as ``MultimodalTrainer`` (main branch)."""
+    ft = ReferenceFT(model, processor, images_root, steps, lr, family)
     saved: dict[str, torch.Tensor] | None = None
     per_case = []
     for record in records:
-        model.eval()
-        with torch.no_grad():
-            base_text = llava.logits(f"{record['loc']} {record['loc_ans']}", None)
-            base_image = llava.logits(f"{record['m_loc_q']} {record['m_loc_a']}", record["m_loc"])
+        base = ft.locality_logits(record)
         # FT.edit: restore the previous edit's weights only now, then train
         if saved is not None:
-            with torch.no_grad():
-                for name, value in saved.items():
-                    weights[name].copy_(value)
-        saved = {name: param.detach().clone() for name, param in weights.items()}
-        model.train()
-        optimizer = torch.optim.AdamW(list(weights.values()), lr=lr)
-        labels = llava.labels(record["alt"])
-        for _ in range(steps):
-            optimizer.zero_grad()
-            logits = llava.answer_logits(record["src"], record["image"], record["alt"])
-            torch.nn.functional.cross_entropy(logits, labels).backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            scores = {
-                "reliability": llava.accuracy(record["src"], record["image"], record["alt"]),
-                "t_generality": llava.accuracy(record["rephrase"], record["image"], record["alt"]),
-                "i_generality": llava.accuracy(record["src"], record["image_rephrase"], record["alt"]),
-                "t_locality": topk_agreement(base_text, llava.logits(f"{record['loc']} {record['loc_ans']}", None), 1),
-                "i_locality": topk_agreement(
-                    base_image, llava.logits(f"{record['m_loc_q']} {record['m_loc_a']}", record["m_loc"]), 10
-                ),
-            }
-            if "port" in record:
-                scores["portability"] = llava.accuracy(record["port"][0], record["image"], record["port"][1])
-        per_case.append(scores)
+            ft.load(saved)
+        saved = ft.save()
+        ft.edit(record["src"], record["image"], record["alt"])
+        per_case.append(ft.scores(record, base))
         if not stale_baseline:
-            with torch.no_grad():
-                for name, value in saved.items():
-                    weights[name].copy_(value)
+            ft.load(saved)
             saved = None
+    return _means(per_case)
+
+
+def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int,
+                        lr: float, second_edit_bos: bool = True,
+                        predicted: list[list[int]] | None = None) -> dict[str, float | None]:
+    """The ``edit_onehop`` branch's FT-LLM on LLaVA: both edits, then ``port_q`` (``edit_step``).
+
+    ``second_edit_bos``: the second edit's labels ``tok([port_edit_a])`` with BOS, as the branch
+    builds them for LLaVA (``False``: without, as it does for BLIP-2 and MiniGPT-4). ``predicted``
+    collects each case's argmax ids at ``port_a``'s positions."""
+    ft = ReferenceFT(model, processor, images_root, steps, lr)
+    original = ft.save()
+    per_case = []
+    for record in records:
+        ft.load(original)  # the first edit's FT.edit restores what it saved for the case before
+        ft.edit(record["src"], record["image"], record["alt"])
+        question, answer = record["second_edit"]
+        ft.edit(question, None, answer, special_tokens=second_edit_bos)
+        with torch.no_grad():
+            per_case.append({"edit_onehop": ft.llava.accuracy(record["port"][0], record["image"], record["port"][1])})
+            if predicted is not None:
+                predicted.append(ft.llava.answer_logits(record["port"][0], record["image"],
+                                                        record["port"][1]).argmax(-1).tolist())
+    ft.load(original)
+    return _means(per_case, ("edit_onehop",))
+
+
+def reference_ft_gap(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int,
+                     lr: float, gap: int, test_num: int) -> dict[str, float | None]:
+    """``MultimodalTrainer.test_sequencial(test_num=test_num, gap_num=gap)`` with FT-LLM on LLaVA."""
+    ft = ReferenceFT(model, processor, images_root, steps, lr)
+    stored = [(record, ft.locality_logits(record)) for record in records[:test_num]]
+    per_case = []
+    for step, record in enumerate(records):
+        ft.edit(record["src"], record["image"], record["alt"])  # never restored on that branch
+        if step >= gap:
+            scored, base = stored.pop(0)
+            per_case.append(ft.scores(scored, base))
+        if not stored:
+            break
     return _means(per_case)
 
 
@@ -234,3 +358,14 @@ def reference_none(model: Any, processor: Any, images_root: Path, records: list[
                 scores["portability"] = llava.accuracy(record["port"][0], record["image"], record["port"][1])
             per_case.append(scores)
     return _means(per_case)
+
+
+def reference_none_onehop(model: Any, processor: Any, images_root: Path,
+                          records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The unedited model on edit-one-hop's question ``port_q`` (ours: the ``edit_onehop`` branch has
+    no unedited run; the text form, labels and averaging are the branch's)."""
+    llava = ReferenceLLaVA(model, processor, images_root)
+    with torch.no_grad():
+        per_case = [{"edit_onehop": llava.accuracy(record["port"][0], record["image"], record["port"][1])}
+                    for record in records]
+    return _means(per_case, ("edit_onehop",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from kebench_hf.leaderboard.results import (
     RESULTS_FILE,
     RESULTS_SCHEMA,
     eval_results_yaml,
+    leaderboard_rows,
     ranked_groups,
     read_results,
     result_rows,
@@ -208,6 +210,65 @@ def test_edit_onehop_rows_are_refused_on_the_edit_config(run_copy, leaderboard_r
     _rewrite_predictions(run_copy, lambda table: pa.concat_tables([table, extra]))
     with pytest.raises(SubmissionError, match=r"1 'edit_onehop' row case id\(s\) are not in the test split"):
         validate_run_dir(run_copy, leaderboard_reference)
+
+
+# -- edit-one-hop runs fill the edit rows' column ----------------------------------------------------
+def _onehop_rows(tmp_path, reference, name: str, date: str, skill: float = 1.0, **run_fields) -> list[dict]:
+    """Results rows of a synthetic edit-one-hop run of org/tiny-llava + ft_llm (the perfect run's)."""
+    run = synthetic_run(tmp_path / name, reference.onehop, {}, model="org/tiny-llava", method="ft_llm", skill=skill,
+                        seed=len(name))
+    path = run / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **run_fields}))
+    submission = validate_run_dir(run, reference)
+    return result_rows(submission, f"submissions/onehop/ft_llm/{name}", score_submission(submission), date, "http://pr")
+
+
+def test_an_edit_onehop_run_is_scored_on_edit_onehop_only(tmp_path, leaderboard_reference):
+    assert leaderboard_reference.onehop is not None and leaderboard_reference.onehop.config == "edit_onehop"
+    rows = _onehop_rows(tmp_path, leaderboard_reference, "onehop", "2026-01-02T00:00:00Z")
+    assert [row["protocol"] for row in rows] == ["token", "generate"]
+    for row in rows:
+        assert row["config"] == "edit_onehop" and row["edit_onehop"] == 100.0
+        assert all(row[name] is None for name in METRICS)
+        assert row["cases"] == len(leaderboard_reference.onehop.case_ids["edit_onehop"])
+
+
+def test_an_edit_onehop_run_fills_the_column_of_the_same_models_edit_rows(tmp_path, perfect_run, leaderboard_reference):
+    edit_rows = _rows_of(perfect_run, leaderboard_reference)  # org/tiny-llava + ft_llm, kebench preset
+    other = _rows_of(_run_with(tmp_path, leaderboard_reference, "other"), leaderboard_reference)
+    older = _onehop_rows(tmp_path, leaderboard_reference, "older", "2026-01-02T00:00:00Z", skill=0.0)
+    newer = _onehop_rows(tmp_path, leaderboard_reference, "newer", "2026-01-03T00:00:00Z")
+    vlkeb = _onehop_rows(tmp_path, leaderboard_reference, "vlkeb", "2026-01-04T00:00:00Z", skill=0.0, preset="vlkeb")
+    path = tmp_path / "results.parquet"
+    path.write_bytes(results_parquet([*edit_rows, *other, *older, *newer, *vlkeb]))
+    stored = read_results(path)
+    filled = [row for row in stored if row["config"] == "edit" and row["model"] == "org/tiny-llava"]
+    assert {row["protocol"] for row in filled} == {"token", "generate"}
+    for row in filled:  # the newest run of the same model, method, preset and protocol; not the vlkeb one
+        assert (row["edit_onehop"], row["edit_onehop_submission"]) == (100.0, "submissions/onehop/ft_llm/newer")
+        assert row["reliability"] == 100.0  # its own scores untouched
+    assert all(row["edit_onehop"] is None and row["edit_onehop_submission"] is None
+               for row in stored if row["model"] == "org/other")
+    # the rankings show the edit rows, the filled column included
+    groups = ranked_groups(leaderboard_rows(stored))
+    assert {row["config"] for members in groups.values() for row in members} == {"edit"}
+    ours = next(row for row in groups[("kebench", "token")] if row["model"] == "org/tiny-llava")
+    assert ours["edit_onehop"] == 100.0
+    entries = parse_eval_result_entries(yaml.safe_load(eval_results_yaml(
+        [row for row in stored if row["model"] == "org/tiny-llava"], "org/kebench")))
+    assert len(entries) == 14  # 6 metrics + edit-one-hop, x 2 protocols, from the edit rows only
+    # rewriting the stored rows gives the same bytes (filling is a function of the rows)
+    assert results_parquet(stored) == path.read_bytes()
+
+
+def test_edit_onehop_runs_with_other_rows_or_without_a_reference_are_refused(tmp_path, leaderboard_reference):
+    run = synthetic_run(tmp_path / "onehop", leaderboard_reference.onehop, {}, model="m/x", method="ike")
+    with pytest.raises(SubmissionError, match=r"this run is on config 'edit_onehop'"):
+        validate_run_dir(run, replace(leaderboard_reference, onehop=None))
+    extra = pq.read_table(run / "predictions.parquet").slice(0, 1)
+    _rewrite_predictions(run, lambda table: pa.concat_tables([table, _set_column(extra, "metric", pa.array(["reliability"]))]))
+    with pytest.raises(SubmissionError, match=r"1 'reliability' row case id\(s\) are not in the test split"):
+        validate_run_dir(run, leaderboard_reference)
 
 
 def _rewrite_predictions(run: Path, change) -> None:

@@ -117,9 +117,9 @@ class Recorded(AppliedEdit):
         super().__init__(adapter)
         self.method, self.case_id = method, case_id
 
-    def score(self, queries, topk, encoded=None, top=None):
+    def score(self, queries, topk, encoded=None, top=None, positions=None):
         self.method.events.append(("score", tuple(self.method.active)))
-        return super().score(queries, topk, encoded, top)
+        return super().score(queries, topk, encoded, top, positions)
 
     def restore(self) -> None:
         assert self.method.active.pop() == self.case_id, "restored out of order"

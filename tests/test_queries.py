@@ -49,7 +49,7 @@ def test_a_case_is_asked_each_spec_of_its_config_in_table_order():
 def test_an_added_spec_shows_up_in_the_engine_the_trained_editors_and_the_table(monkeypatch):
     added = QuerySpec("old_answer", "reliability", "src", "pred", "image", "Old", in_scope=False)
     monkeypatch.setattr(queries, "QUERIES", (*QUERIES[:3], added, *QUERIES[3:]))
-    labels, built, topk = engine.case_queries(CASE, engine.EngineOptions())
+    labels, built, topk, _ = engine.case_queries(CASE, engine.EngineOptions())
     assert labels[3] == ("reliability", 0) and (built[3].question, built[3].answer) == ("Who is this?", "Messi")
     assert [query.answer for query in training.trained_queries(CASE)] == ["Ronaldo", "Ronaldo", "Ronaldo", "Messi", "Paris", "cat"]
     assert training.in_scope_rows() == (0, 1, 2) and training.out_of_scope_rows() == (3, 4, 5)
@@ -62,11 +62,31 @@ def test_a_changed_spec_changes_every_consumer(monkeypatch):
     # queries, pretraining and the table all follow
     changed = replace(spec("t_locality"), question="rephrase", topk=3, title="T-L")
     monkeypatch.setattr(queries, "QUERIES", tuple(changed if s.name == "t_locality" else s for s in QUERIES))
-    labels, built, topk = engine.case_queries(CASE, engine.EngineOptions())
+    labels, built, topk, _ = engine.case_queries(CASE, engine.EngineOptions())
     assert built[3].question == "Name the person." and topk[3] == 3
     assert training.trained_queries(CASE)[3].question == "Name the person."
     assert in_context_queries(CASE, "c")[4].question == "Name the person."
     assert report.table_columns()[1] == ("Rel.", "T-Gen.", "I-Gen.", "T-L", "I-Loc.", "Port.")
+
+
+def test_the_engine_reads_the_positions_compared_from_the_presets_query_table(monkeypatch):
+    from editors.presets import KEBENCH, VLKEB
+    from editors.run import make_method
+
+    ft, ike = make_method("ft-llm", {}), make_method("ike", {})
+    assert KEBENCH.query_table(ft) == KEBENCH.query_table(ike) == QUERIES  # every spec's own positions
+    for method, positions in ((ft, "all"), (ike, "answer")):  # the reference's trainer path, its IKE
+        table = VLKEB.query_table(method)
+        assert [(s.name, s.positions) for s in table if s.topk] == [("t_locality", positions), ("i_locality", positions)]
+        assert [s for s in table if not s.topk] == [s for s in QUERIES if not s.topk]
+        *_, compared = engine.case_queries(CASE, engine.EngineOptions(queries=table))
+        assert compared == [positions if s.topk else s.positions for s in queries.config_specs("edit", table)
+                            for _ in s.build(CASE)]
+    # the spec's own value is what the engine reads when no preset's table is given
+    changed = replace(spec("i_locality"), positions="answer")
+    monkeypatch.setattr(queries, "QUERIES", tuple(changed if s.name == "i_locality" else s for s in QUERIES))
+    *_, compared = engine.case_queries(CASE, engine.EngineOptions())
+    assert compared[4] == "answer" and compared[3] == "all_but_last"
 
 
 def test_unknown_names_are_refused():
@@ -74,5 +94,9 @@ def test_unknown_names_are_refused():
         spec("nope")
     with pytest.raises(ValueError, match="unknown positions 'odd'"):
         QuerySpec("x", "reliability", "src", "alt", None, "X", positions="odd")
+    from editors.presets import Preset
+
+    with pytest.raises(ValueError, match="preset 'x': unknown locality positions 'odd'"):
+        Preset(name="x", context_locality_positions="odd")
     with pytest.raises(ValueError, match="one query per 'portability' item"):
         spec("portability").query(CASE)

@@ -11,6 +11,7 @@ import torch
 
 from editors.adapters import Query, load_adapter
 from editors.cases import load_split
+from editors.forward import compared_positions
 from editors.methods import make_method
 from editors.presets import KEBENCH, VLKEB, PromptForm, get_preset, select_hop
 from editors.run import run
@@ -31,12 +32,15 @@ def ours(tiny_llava, tiny_world, tmp_path_factory):
     each run once per module."""
     done: dict[tuple, tuple] = {}
 
-    def run_once(method: str, **options: str) -> tuple[dict, dict]:
-        key = (method, *sorted(options.items()))
+    def run_once(method: str, config: str = "edit", gap: int | None = None, limit: int = LIMIT,
+                 **options: str) -> tuple[dict, dict]:
+        key = (method, config, gap, limit, *sorted(options.items()))
         if key not in done:
             out = tmp_path_factory.mktemp(method)
-            settings = RunSettings(method=method, out=out, model=str(tiny_llava), data=str(tiny_world), limit=LIMIT,
-                                   hop=1, generate=False, bootstrap=0, preset="vlkeb", method_options=options)
+            # edit-one-hop scores its own question, no --hop (the reference's edit_onehop branch has none)
+            settings = RunSettings(method=method, out=out, model=str(tiny_llava), data=str(tiny_world), limit=limit,
+                                   config=config, hop=None if config == "edit_onehop" else 1, sequential_gap=gap,
+                                   generate=False, bootstrap=0, preset="vlkeb", method_options=options)
             done[key] = run(settings)["token"], {**json.loads((out / "run.json").read_text()), "out": str(out)}
         return done[key]
 
@@ -80,6 +84,22 @@ def test_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference
     assert 0 < info["reference_targets"]["differ_from_in_context"] <= info["reference_targets"]["queries"]
 
 
+def test_blip2_ft_llm_gives_the_reference_loops_six_scores(tiny_models, tiny_world, records, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    settings = RunSettings(method="ft-llm", out=tmp_path / "blip2", model=str(tiny_models["blip2"]),
+                           data=str(tiny_world), limit=LIMIT, hop=1, generate=False, bootstrap=0, preset="vlkeb",
+                           method_options={"lr": "5e-3"})
+    scores = run(settings)["token"]
+    info = json.loads((tmp_path / "blip2" / "run.json").read_text())
+    assert (info["hyperparameters"]["steps"], info["model_family"]) == (15, "blip2")  # hparams/FT/blip2.yaml
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["blip2"], dtype=torch.float32).requires_grad_(False)
+    expected = reference_loop.reference_ft(model, AutoProcessor.from_pretrained(tiny_models["blip2"]),
+                                           tiny_world / "mmkb_images", records, steps=15, lr=5e-3,
+                                           stale_baseline=False, family=reference_loop.ReferenceBLIP2)
+    _assert_close(scores["scores"], expected)
+
+
 def test_stale_baseline_changes_locality_only(ours):
     clean, _ = ours("ft-llm", lr="5e-3", reference_stale_baseline="false")
     stale, _ = ours("ft-llm", lr="5e-3", reference_stale_baseline="true")
@@ -111,12 +131,68 @@ def test_none_gives_the_reference_loops_base_portability(ours, tiny_world, refer
     assert info["average"] == "case" and info["preset_settings"]["one_hop_portability"]
 
 
+# -- edit-one-hop (edit_onehop branch) and the sequential gap protocol (multihop_and_sequential) --------
+#: edit-one-hop cases scored (the tiny world's edit_onehop split: every case has its second edit)
+ONEHOP_LIMIT = 4
+#: the gap protocol: cases scored, and the gap (so GAP_LIMIT + GAP edits in all)
+GAP_LIMIT, GAP = 3, 2
+
+
+@pytest.fixture(scope="module")
+def onehop_records(tiny_world):
+    return reference_loop.load_onehop_records(tiny_world, "eval_edit_onehop.json", size=ONEHOP_LIMIT)
+
+
+def test_ft_llm_edit_onehop_gives_the_reference_loops_score(ours, tiny_world, reference_model, onehop_records):
+    scores, info = ours("ft-llm", config="edit_onehop", limit=ONEHOP_LIMIT, lr="5e-3")
+    model, processor = reference_model
+    images = tiny_world / "mmkb_images"
+    predicted: list[list[int]] = []
+    expected = reference_loop.reference_ft_onehop(model, processor, images, onehop_records, steps=10, lr=5e-3,
+                                                  predicted=predicted)
+    assert scores["counts"]["edit_onehop"] == len(onehop_records) == ONEHOP_LIMIT
+    _assert_close(scores["scores"], expected)
+    assert info["config"] == "edit_onehop" and info["preset_settings"]["second_edit_special_tokens"] == ["llava"]
+    # the tiny model composes no two-hop answer (the score is low in both loops), so compare what
+    # both loops predict at the answer's positions after both edits: the same tokens
+    rows = pq.read_table(Path(info["out"]) / "predictions.parquet").to_pylist()
+    ours_predicted = [[ids[0] for ids in row["post"]] for row in rows if row["metric"] == "edit_onehop"]
+    assert ours_predicted == predicted
+    # and the quirk reproduced (BOS in the second edit's labels) matters: without it the reference
+    # loop predicts other tokens, so the comparison above tells the two apart
+    without_bos: list[list[int]] = []
+    reference_loop.reference_ft_onehop(model, processor, images, onehop_records, steps=10, lr=5e-3,
+                                       second_edit_bos=False, predicted=without_bos)
+    assert without_bos != predicted
+
+
+def test_none_edit_onehop_scores_the_unedited_model(ours, tiny_world, reference_model, onehop_records):
+    scores, _ = ours("none", config="edit_onehop", limit=ONEHOP_LIMIT)
+    model, processor = reference_model
+    expected = reference_loop.reference_none_onehop(model, processor, tiny_world / "mmkb_images", onehop_records)
+    _assert_close(scores["scores"], expected)
+
+
+def test_ft_llm_sequential_gap_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model):
+    scores, info = ours("ft-llm", config="multihop", gap=GAP, limit=GAP_LIMIT, lr="5e-3")
+    model, processor = reference_model
+    # test_sequential_editing.py: CaptionDataset(eval_multihop.json, hop=1), no size
+    records = reference_loop.load_records(tiny_world, "eval_multihop.json", size=None, hop=1)
+    expected = reference_loop.reference_ft_gap(model, processor, tiny_world / "mmkb_images", records, steps=10,
+                                               lr=5e-3, gap=GAP, test_num=GAP_LIMIT)
+    assert scores["counts"]["reliability"] == GAP_LIMIT
+    _assert_close(scores["scores"], expected)
+    protocol = info["edit_protocol"]
+    assert (protocol["name"], protocol["gap"], protocol["scored_cases"]) == ("sequential_gap", GAP, GAP_LIMIT)
+    assert len(protocol["edit_only_case_ids"]) == GAP
+
+
 # -- the pieces --------------------------------------------------------------------------------------
 def test_llava_reference_form_is_bos_image_then_question_and_answer(tiny_llava, tiny_world):
     from PIL import Image
 
     adapter = load_adapter(tiny_llava)
-    adapter.form = PromptForm(reference=True, positions="all")
+    adapter.form = PromptForm(reference=True)
     tok = adapter.tokenizer
     image = Image.new("RGB", (32, 32), "red")
     batch = adapter.encode([Query("Who is he?", "Lionel Messi", image), Query("Capital of France?", "Paris")])
@@ -130,7 +206,10 @@ def test_llava_reference_form_is_bos_image_then_question_and_answer(tiny_llava, 
     assert batch.answer_slices[0] == slice(length - 1 - len(batch.target_ids[0]), length - 1)
     text_only = tok("Capital of France? Paris")["input_ids"]
     assert batch.inputs["input_ids"][1, : len(text_only)].tolist() == text_only
-    assert batch.positions == "all" and batch.valid_positions[1] == slice(0, len(text_only) - 1)
+    assert batch.valid_positions[1] == slice(0, len(text_only) - 1)
+    # the reference's trainer path compares every position, the last included
+    assert compared_positions(batch, 1, "all") == slice(0, len(text_only))
+    assert compared_positions(batch, 0, "answer") == batch.answer_slices[0]
 
 
 def test_blip2_and_qwen2_vl_reference_forms(tiny_models):
@@ -201,9 +280,11 @@ def test_presets_and_hop_selection(tiny_world):
     with pytest.raises(ValueError, match="covers the reference's families"):
         VLKEB.settings("ft-llm", "idefics3")
     assert VLKEB.settings("ft-llm", "blip2")["steps"] == 15 and VLKEB.settings("ft-llm", "qwen2-vl")["steps"] == 20
-    assert VLKEB.prompt_form(make_method("ike", {}), "llava").positions == "answer"
-    assert VLKEB.prompt_form(make_method("ft-llm", {}), "llava").positions == "all"
+    assert VLKEB.locality_positions(make_method("ike", {})) == "answer"
+    assert VLKEB.locality_positions(make_method("ft-llm", {})) == "all"
     assert KEBENCH.prompt_form(make_method("ike", {}), "llava") == PromptForm()
+    assert VLKEB.prompt_form(make_method("ft-llm", {}), "llava").second_edit_special_tokens
+    assert not VLKEB.prompt_form(make_method("ft-llm", {}), "blip2").second_edit_special_tokens
     rows = load_split(tiny_world, "edit", "test")  # the tiny world's first test case has no 1-hop item
     one_hop = select_hop(rows, 1)
     expected = [row["case_id"] for row in rows if any(item["hop"] == 1 for item in row["portability"])]

@@ -34,6 +34,9 @@ class Query:
     answer: str
     image: Image.Image | None = None
     context: str = ""
+    #: the query is edit-one-hop's second edit (:meth:`editors.cases.EditCase.second_edit`): a
+    #: prompt form may build its targets differently (``PromptForm.second_edit_special_tokens``)
+    second_edit: bool = False
 
 
 @dataclass
@@ -53,9 +56,8 @@ class EncodedBatch:
     pre-edit (no context) and post-edit (IKE context) locality compare position by position.
     Positions before ``min(valid_positions[i].start)`` must be the same tokens in every row of a
     batch whose queries share one context: the engine runs them once and reuses their KV cache.
-
-    ``positions`` names which positions the token-protocol locality compares
-    (:data:`editors.presets.POSITIONS`; :func:`editors.forward.compared_positions`).
+    Which of a row's positions the token-protocol locality compares is the query spec's choice
+    (:func:`editors.forward.compared_positions`), not the batch's.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -63,7 +65,6 @@ class EncodedBatch:
     answer_slices: list[slice]
     valid_positions: list[slice]
     extra: dict[str, Any] = field(default_factory=dict)
-    positions: str = "all_but_last"
 
     def to(self, device: torch.device | str) -> EncodedBatch:
         self.inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}

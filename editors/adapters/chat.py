@@ -229,7 +229,11 @@ class ChatTemplateAdapter(ModelAdapter):
     def _encode_reference(self, queries: list[Query]) -> EncodedBatch:
         rows, inputs = self._reference_rows(queries, with_answer=True)
         prefix = self.form.answer_prefix
-        targets = self.tokenizer([prefix + query.answer for query in queries], add_special_tokens=False)["input_ids"]
+        targets = [
+            self.tokenizer(prefix + query.answer,
+                           add_special_tokens=self.form.second_edit_special_tokens and query.second_edit)["input_ids"]
+            for query in queries
+        ]
         self._check_lengths(queries, [len(row) for row in rows])
         answer_slices = []
         for index, (query, row, target) in enumerate(zip(queries, rows, targets, strict=True)):
@@ -247,7 +251,6 @@ class ChatTemplateAdapter(ModelAdapter):
             valid_positions=[slice(0, len(row) - 1) for row in rows],
             # the image comes before the context here: rows sharing ids there need not share pixels
             extra={"shared_prefix_limit": min(self._first_image_position(row) for row in rows)},
-            positions=self.form.positions,
         )
 
     def encode(self, queries: list[Query], with_eos: bool = False) -> EncodedBatch:
@@ -272,7 +275,6 @@ class ChatTemplateAdapter(ModelAdapter):
                 slice(c, len(p) + len(a) - 1) for c, p, a in zip(context_lengths, prompts, answers, strict=True)
             ],
             extra={"context_lengths": context_lengths},
-            positions=self.form.positions,
         )
 
     @torch.no_grad()

@@ -129,9 +129,11 @@ class AppliedEdit:
         return queries
 
     def score(
-        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None
+        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None,
+        positions: list[str] | None = None,
     ) -> list[Readout]:
-        """Teacher-forced readouts of ``queries`` in one batched forward (see :mod:`editors.forward`).
+        """Teacher-forced readouts of ``queries`` in one batched forward (see :mod:`editors.forward`;
+        ``positions``: the positions each query's top-k is kept over, :func:`~editors.forward.readouts`).
 
         ``encoded`` is the engine's encoding of ``queries`` as given, and ``top`` (when the method
         declares :meth:`EditMethod.first_edited_layer`) the top layers re-runnable from inputs
@@ -140,11 +142,11 @@ class AppliedEdit:
         """
         rewritten = self.rewrite(queries)
         if encoded is None or rewritten is not queries:
-            return score_queries(self.adapter, rewritten, topk)
+            return score_queries(self.adapter, rewritten, topk, positions)
         with torch.no_grad():
             if top is not None:
-                return readouts(top.logits(), 0, encoded, topk)
-            return readouts(*model_logits(self.adapter, encoded), encoded, topk)
+                return readouts(top.logits(), 0, encoded, topk, positions)
+            return readouts(*model_logits(self.adapter, encoded), encoded, topk, positions)
 
     def generate(self, queries: list[Query], max_new_tokens: int = 16) -> list[str]:
         return self.adapter.generate(self.rewrite(queries), max_new_tokens=max_new_tokens)

@@ -278,17 +278,22 @@ class MemoryEdit(AppliedEdit):
         return inside, rewritten, outside, [queries[i] for i in outside]
 
     def score(
-        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None
+        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None,
+        positions: list[str] | None = None,
     ) -> list[Readout]:
         # routing splits the queries between two models: the engine's joint encoding is not reused
         inside, rewritten, outside, unchanged = self.routed(queries)
         readouts: list[Readout | None] = [None] * len(queries)
+
+        def subset(indices: list[int]) -> tuple[list[int], list[str] | None]:
+            return [topk[i] for i in indices], [positions[i] for i in indices] if positions else None
+
         if rewritten:
             counterfactual = self.method.counterfactual(self.adapter)
-            for i, readout in zip(inside, score_queries(counterfactual, rewritten, [topk[i] for i in inside]), strict=True):
+            for i, readout in zip(inside, score_queries(counterfactual, rewritten, *subset(inside)), strict=True):
                 readouts[i] = readout
         if unchanged:
-            for i, readout in zip(outside, score_queries(self.adapter, unchanged, [topk[i] for i in outside]), strict=True):
+            for i, readout in zip(outside, score_queries(self.adapter, unchanged, *subset(outside)), strict=True):
                 readouts[i] = readout
         return readouts
 

@@ -28,6 +28,9 @@ CONFIG_FILE = Path(__file__).with_name("leaderboard.json")
 DISPLAY_NAMES_KEY = b"kebench_display_names"
 #: shown first when the results have them
 DEFAULT_PRESET, DEFAULT_PROTOCOL = "kebench", "token"
+#: the rows ranked: runs on the edit config (an edit_onehop run's score is already in their
+#: edit-one-hop column; a results file without the column holds edit runs only)
+RANKED_CONFIG = "edit"
 #: the most bars/lines a plot shows before it stops being readable
 PLOT_LIMIT = 12
 
@@ -50,6 +53,10 @@ Both protocols are shown when the run has them: `token` (teacher-forced answer-t
 made under (`kebench`, or `vlkeb`: the reference code's evaluation, `kebench run --preset vlkeb`);
 rows are only ever ranked against rows of the same preset and protocol. Scores are percentages with
 bootstrap 95% confidence intervals in the results dataset.
+
+Edit-one-hop: run the same model, method and preset on the `edit_onehop` config
+(`kebench run ... --config edit_onehop`) and submit that run too; its score fills the Edit-one-hop
+column of your `edit` run's row.
 """
 
 
@@ -84,9 +91,12 @@ def configured_sources(results: str | None = None, requests: str | None = None) 
 def select(
     frame: pd.DataFrame, preset: str, protocol: str, families: list[str], methods: list[str], search: str
 ) -> pd.DataFrame:
-    """The rows of one preset and protocol (never more: their scores are not comparable), filtered and ranked."""
+    """The edit runs of one preset and protocol (never more: their scores are not comparable), filtered
+    and ranked."""
+    config = frame["config"] if "config" in frame else pd.Series(RANKED_CONFIG, index=frame.index)
     chosen = frame[
-        (frame["preset"] == preset)
+        (config == RANKED_CONFIG)
+        & (frame["preset"] == preset)
         & (frame["protocol"] == protocol)
         & frame["model_family"].isin(families)
         & frame["method"].isin(methods)

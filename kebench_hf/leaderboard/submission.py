@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from metric.kebench import AVERAGES, METRICS, PRESETS, SCORES
+from metric.kebench import AVERAGES, EDIT_ONEHOP, METRICS, PRESETS, SCORES
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ SUBMISSIONS_ROOT = "submissions"
 #: the leaderboard ranks runs on this config and split of KEBench
 LEADERBOARD_CONFIG = "edit"
 LEADERBOARD_SPLIT = "test"
+#: a run on this config (same split) fills the edit-one-hop column of the edit runs of the same model,
+#: method, preset and protocol (:func:`kebench_hf.leaderboard.results.fill_edit_onehop`)
+ONEHOP_CONFIG = "edit_onehop"
 #: a path component we accept in a submission path: no separators, no dots-only names, no spaces
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 #: longest model, family or method name shown on the leaderboard
@@ -69,14 +72,21 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True)
 class Reference:
-    """The dataset version a submission must match and the case ids each metric must cover."""
+    """The dataset version a submission must match and the case ids each metric must cover, for the
+    leaderboard's config (``config``) and, in ``onehop``, for its edit-one-hop config (None: the
+    data has none, and edit-one-hop runs are refused)."""
 
     fingerprint: str
     case_ids: Mapping[str, frozenset[str]]
+    config: str = LEADERBOARD_CONFIG
+    onehop: Reference | None = None
 
     @classmethod
-    def from_split(cls, split, fingerprint: str) -> Reference:
-        """From the leaderboard split (a ``datasets.Dataset``); reads no image column."""
+    def from_split(cls, split, fingerprint: str, config: str = LEADERBOARD_CONFIG) -> Reference:
+        """From the test split of ``config`` (a ``datasets.Dataset``); reads no image column. An
+        edit-one-hop split's cases are asked edit-one-hop only; an edit split's the six scores."""
+        if config == ONEHOP_CONFIG:
+            return cls(fingerprint=fingerprint, case_ids={EDIT_ONEHOP: frozenset(split["case_id"])}, config=config)
         columns = split.select_columns(["case_id", "portability"])
         every_case = frozenset(columns["case_id"])
         with_portability = frozenset(
@@ -84,16 +94,37 @@ class Reference:
         )
         case_ids = {name: every_case for name in METRICS if name != "portability"}
         case_ids["portability"] = with_portability
-        return cls(fingerprint=fingerprint, case_ids=case_ids)
+        return cls(fingerprint=fingerprint, case_ids=case_ids, config=config)
 
     @classmethod
     def load(cls, data: str) -> Reference:
-        """From a KEBench data directory or hub repo (``kebench_hf.load_kebench``)."""
+        """From a KEBench data directory or hub repo (``kebench_hf.load_kebench``): the leaderboard's
+        config and, when the data has it, the edit-one-hop config."""
         from kebench_hf.builder import dataset_fingerprint, load_kebench
 
-        dataset = load_kebench(data, LEADERBOARD_CONFIG)
-        split = dataset[LEADERBOARD_SPLIT] if hasattr(dataset, "keys") else dataset
-        return cls.from_split(split, dataset_fingerprint(split))
+        def test_split(config: str):
+            dataset = load_kebench(data, config)
+            split = dataset[LEADERBOARD_SPLIT] if hasattr(dataset, "keys") else dataset
+            return cls.from_split(split, dataset_fingerprint(split), config)
+
+        try:
+            onehop = test_split(ONEHOP_CONFIG)
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            logger.warning("no %s reference in %s (%s): edit-one-hop runs are refused", ONEHOP_CONFIG, data, error)
+            onehop = None
+        return replace(test_split(LEADERBOARD_CONFIG), onehop=onehop)
+
+    def for_config(self, config: object) -> Reference:
+        """The reference a run on ``config`` is checked against; another config is the reason."""
+        if config == self.config:
+            return self
+        if config == ONEHOP_CONFIG and self.onehop is not None:
+            return self.onehop
+        accepted = [self.config] + ([ONEHOP_CONFIG] if self.onehop is not None else [])
+        raise SubmissionError(
+            f"{RUN_FILE}: the leaderboard scores config {' or '.join(map(repr, accepted))} split"
+            f" {LEADERBOARD_SPLIT!r}; this run is on config {config!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +145,11 @@ class ValidatedSubmission:
     @property
     def method(self) -> str:
         return self.run["method"]
+
+    @property
+    def config(self) -> str:
+        """The dataset config of the run: the leaderboard's, or edit-one-hop (checked)."""
+        return self.run["config"]
 
     @property
     def preset(self) -> str:
@@ -138,7 +174,7 @@ def validate_run_dir(run_dir: str | Path, reference: Reference, limits: Limits =
                 f"{path.name} is {path.stat().st_size} bytes, over the limit of {limits.for_file(path.name)}"
             )
     run = read_run_json(run_dir / RUN_FILE)
-    _check_dataset_version(run, reference)
+    reference = _check_dataset_version(run, reference)
     card = _read_card(run_dir / CARD_FILE) if (run_dir / CARD_FILE).exists() else ""
     predictions = read_predictions(predictions_path)
     check_coverage(predictions, reference)
@@ -197,11 +233,13 @@ def read_run_json(path: Path) -> dict:
     return run
 
 
-def _check_dataset_version(run: Mapping, reference: Reference) -> None:
+def _check_dataset_version(run: Mapping, reference: Reference) -> Reference:
+    """The reference of the run's config, once its config, split and dataset version match it."""
     config, split = run.get("config"), run.get("split")
-    if (config, split) != (LEADERBOARD_CONFIG, LEADERBOARD_SPLIT):
+    reference = reference.for_config(config)
+    if split != LEADERBOARD_SPLIT:
         raise SubmissionError(
-            f"{RUN_FILE}: the leaderboard scores config {LEADERBOARD_CONFIG!r} split {LEADERBOARD_SPLIT!r};"
+            f"{RUN_FILE}: the leaderboard scores config {config!r} split {LEADERBOARD_SPLIT!r};"
             f" this run is on config {config!r} split {split!r}"
         )
     fingerprint = run.get("dataset_fingerprint")
@@ -209,6 +247,7 @@ def _check_dataset_version(run: Mapping, reference: Reference) -> None:
         raise SubmissionError(
             f"{RUN_FILE}: run on dataset version {fingerprint!r}, the leaderboard's is {reference.fingerprint!r}"
         )
+    return reference
 
 
 def _read_card(path: Path) -> str:
@@ -239,7 +278,8 @@ def check_coverage(predictions: pa.Table, reference: Reference) -> None:
     if unknown_metrics:
         raise SubmissionError(f"predictions: unknown metric name(s) {unknown_metrics}; expected {list(SCORES)}")
     for metric in SCORES:
-        # a score whose cases the leaderboard's split lacks (edit-one-hop on the edit config) must have no rows
+        # a score whose cases the run's split lacks (edit-one-hop on the edit config, the six on the
+        # edit-one-hop config) must have no rows
         expected, present = reference.case_ids.get(metric, frozenset()), found.get(metric, set())
         missing, unknown = expected - present, present - expected
         if unknown:

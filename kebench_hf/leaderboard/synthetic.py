@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kebench_hf.leaderboard.submission import LEADERBOARD_CONFIG, LEADERBOARD_SPLIT, RUN_FILE, Reference
-from metric.kebench import METRICS, PREDICTION_SCHEMA
+from kebench_hf.leaderboard.submission import LEADERBOARD_SPLIT, RUN_FILE, Reference
+from metric.kebench import PREDICTION_SCHEMA, SCORES
 
 VOCAB = 32_000
 
@@ -101,8 +101,8 @@ def synthetic_predictions(
     """Predictions for every case of ``reference`` (portability rows: one per listed hop of a case)."""
     rng = np.random.default_rng(seed)
     groups = []
-    for metric in METRICS:
-        case_ids = sorted(reference.case_ids[metric])
+    for metric in SCORES:
+        case_ids = sorted(reference.case_ids.get(metric, ()))
         if metric == "portability":
             hops = [hop for case_id in case_ids for hop in portability_hops.get(case_id, [1])]
             case_ids = [case_id for case_id in case_ids for _ in portability_hops.get(case_id, [1])]
@@ -148,7 +148,7 @@ def synthetic_run(
         "preset": preset,
         "hyperparameters": {"steps": 10, "lr": 1e-4},
         "data": "synthetic",
-        "config": LEADERBOARD_CONFIG,
+        "config": reference.config,
         "split": LEADERBOARD_SPLIT,
         "dataset_fingerprint": reference.fingerprint,
         "seed": seed,
