@@ -41,6 +41,7 @@ from editors.forward import score_queries
 from editors.methods import make_method
 from editors.methods.base import EditMethod
 from editors.presets import KEBENCH, Preset, get_preset
+from editors.queries import query_table
 from editors.tiny import TinySpec, build_tiny_model
 from kebench_hf.world import default_world
 
@@ -126,7 +127,7 @@ class PeakMemory:
 
 def engine_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCase],
                 preset: Preset = KEBENCH) -> list[dict[str, Any]]:
-    engine = Engine(adapter, method, EngineOptions(generate=False, queries=preset.query_table(method)))
+    engine = Engine(adapter, method, EngineOptions(generate=False, queries=query_table(preset, method)))
     return [row for result in engine.run((case.case_id, case) for case in cases) for row in result.rows]
 
 
@@ -134,7 +135,7 @@ def reference_rows(adapter: ModelAdapter, method: EditMethod, cases: list[EditCa
                    preset: Preset = KEBENCH) -> list[dict[str, Any]]:
     """Our methods and prompts run the reference code's way (the cost structure, not its scoring:
     that is ``--preset vlkeb``), producing the same rows as :class:`Engine` (token protocol)."""
-    options = EngineOptions(generate=False, queries=preset.query_table(method))
+    options = EngineOptions(generate=False, queries=query_table(preset, method))
     rows = []
     for case in cases:
         labels, queries, topk, positions = case_queries(case, options)

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 class EngineOptions:
     """How queries are scored; ``config``: the dataset config of the cases (it decides their queries,
     see :mod:`editors.queries`); ``queries``: the query specs asked (a preset's table,
-    :meth:`editors.presets.Preset.query_table`; None: :data:`editors.queries.QUERIES`)."""
+    :func:`editors.queries.query_table`; None: :data:`editors.queries.QUERIES`)."""
 
     generate: bool = True
     max_new_tokens: int = 16

@@ -14,18 +14,15 @@ Two presets (see ``docs/protocols.md`` for every difference, with the reference'
   ("Not reproduced under vlkeb").
 
 A preset only holds what differs; the adapters read its prompt form, the engine its query table
-(:meth:`Preset.query_table`: the query specs with the preset's locality positions) and the method
+(:func:`editors.queries.query_table`: the query specs with the preset's locality positions) and the method
 configs its hyper-parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from editors.queries import QuerySpec
+from dataclasses import dataclass, field
+from typing import Any
 
 #: which positions of a locality query are compared (top-``k`` ids, pre- against post-edit); the
 #: query table (:mod:`editors.queries`) and the presets name one of these
@@ -109,14 +106,6 @@ class Preset:
     def locality_positions(self, method: Any) -> str:
         """The positions the locality queries of ``method`` compare under this preset."""
         return self.context_locality_positions if _in_context(method) else self.weight_locality_positions
-
-    def query_table(self, method: Any) -> tuple[QuerySpec, ...]:
-        """The query specs (:data:`editors.queries.QUERIES`) as this preset asks them of ``method``:
-        every locality spec (``topk > 0``) compares :meth:`locality_positions`."""
-        from editors import queries
-
-        positions = self.locality_positions(method)
-        return tuple(replace(spec, positions=positions) if spec.topk else spec for spec in queries.QUERIES)
 
     def settings(self, method: str, family: str) -> dict[str, Any]:
         """The preset's config values for ``method`` on ``family`` (empty: the method's defaults)."""

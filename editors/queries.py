@@ -13,11 +13,11 @@ case's image field (``None``: a text-only query).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from editors.adapters.base import Query
-from editors.presets import POSITIONS
+from editors.presets import POSITIONS, Preset
 from kebench_hf.constants import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class QuerySpec:
     #: top-k ids compared pre- against post-edit (ordered, element-wise) over ``positions``
     topk: int = 0
     #: which positions a locality query compares (a key of :data:`POSITIONS`); a preset's table
-    #: (:meth:`editors.presets.Preset.query_table`) sets its own, and the engine reads it from there
+    #: (:func:`query_table`) sets its own, and the engine reads it from there
     positions: str = "all_but_last"
     #: whether the edit should change its answer (generality) or must leave it alone (locality)
     in_scope: bool = True
@@ -132,5 +132,12 @@ __all__ = ["DEFAULT_CONFIG", "POSITIONS", "QUERIES", "QuerySpec", "case_queries"
 
 def case_queries(case: EditCase, config: str, table: tuple[QuerySpec, ...] | None = None) -> list[tuple[QuerySpec, int, Query]]:
     """``(spec, hop, query)`` for every query ``case`` (of dataset ``config``) is scored on, the specs
-    those of ``table`` (a preset's, :meth:`~editors.presets.Preset.query_table`; None: :data:`QUERIES`)."""
+    those of ``table`` (a preset's, :func:`query_table`; None: :data:`QUERIES`)."""
     return [(candidate, hop, query) for candidate in config_specs(config, table) for hop, query in candidate.build(case)]
+
+
+def query_table(preset: Preset, method: Any) -> tuple[QuerySpec, ...]:
+    """The query specs (:data:`QUERIES`) as ``preset`` asks them of ``method``: every locality spec
+    (``topk > 0``) compares the preset's :meth:`~editors.presets.Preset.locality_positions`."""
+    positions = preset.locality_positions(method)
+    return tuple(replace(spec, positions=positions) if spec.topk else spec for spec in QUERIES)

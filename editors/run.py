@@ -24,6 +24,7 @@ from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions
 from editors.methods import EditMethod, make_method, method_names
 from editors.presets import Preset, get_preset, select_hop, without_portability
+from editors.queries import query_table
 from editors.report import plot_lifelong, plot_scores, running_scores, score_table
 from editors.run_dir import PREDICTIONS_PARQUET, Run, RunSettings
 from editors.runtime import reset_peak_memory, seed_everything
@@ -133,7 +134,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     method.prepare(adapter, CaseSequence(train), settings.editor)
     done = run_dir.begin(model, data, prepare_seconds=time.perf_counter() - started)
     engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed, config=settings.config,
-                                                   queries=preset.query_table(method)))
+                                                   queries=query_table(preset, method)))
     if gap is None:
         results = engine.run(_cases(rows, done), sequential=settings.sequential)
     else:

@@ -10,7 +10,7 @@ from PIL import Image
 from editors import engine, queries, report, training
 from editors.cases import EditCase, OneHopEdit, PortabilityQuestion
 from editors.pretrain import in_context_queries, pre_edit_queries
-from editors.queries import QUERIES, QuerySpec, case_queries, config_metrics, spec
+from editors.queries import QUERIES, QuerySpec, case_queries, config_metrics, query_table, spec
 
 
 def image(shade: int) -> Image.Image:
@@ -74,9 +74,9 @@ def test_the_engine_reads_the_positions_compared_from_the_presets_query_table(mo
     from editors.run import make_method
 
     ft, ike = make_method("ft-llm", {}), make_method("ike", {})
-    assert KEBENCH.query_table(ft) == KEBENCH.query_table(ike) == QUERIES  # every spec's own positions
+    assert query_table(KEBENCH, ft) == query_table(KEBENCH, ike) == QUERIES  # every spec's own positions
     for method, positions in ((ft, "all"), (ike, "answer")):  # the reference's trainer path, its IKE
-        table = VLKEB.query_table(method)
+        table = query_table(VLKEB, method)
         assert [(s.name, s.positions) for s in table if s.topk] == [("t_locality", positions), ("i_locality", positions)]
         assert [s for s in table if not s.topk] == [s for s in QUERIES if not s.topk]
         *_, compared = engine.case_queries(CASE, engine.EngineOptions(queries=table))
