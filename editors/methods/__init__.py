@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "ke": "editors.methods.ke:KE",
     "serac": "editors.methods.serac:SERAC",
     "mend": "editors.methods.mend:MEND",
+    "lora": "editors.methods.lora:LoRA",
 }
 
 
