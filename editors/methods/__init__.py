@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
     "serac": "editors.methods.serac:SERAC",
     "mend": "editors.methods.mend:MEND",
     "lora": "editors.methods.lora:LoRA",
+    "grace": "editors.methods.grace:GRACE",
 }
 
 
