@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "mend": "editors.methods.mend:MEND",
     "lora": "editors.methods.lora:LoRA",
     "grace": "editors.methods.grace:GRACE",
+    "wise": "editors.methods.wise:WISE",
 }
 
 
