@@ -77,6 +77,16 @@ def test_sequential_edits_accumulate_and_restore_in_reverse(name, llava, test_ca
     assert sum(map(token_reliability, results)) >= 2, "the earlier edits survive the later ones"
 
 
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_sequential_gap_protocol_runs_and_restores(name, llava, test_cases, train_cases):
+    method = prepared(name, llava, train_cases)
+    before = model_state(llava.model)
+    cases = [(case.case_id, case) for case in list(test_cases)[14:17]]
+    results = list(Engine(llava, method, EngineOptions(generate=False)).run_gap(cases, gap=1, scored=2))
+    assert [r.error for r in results] == [None, None]
+    assert_restored(llava.model, before)
+
+
 def test_grace_leaves_inputs_outside_every_radius_exactly_alone(llava, test_cases):
     grace = make_method("grace", {})
     case = test_cases[0]
