@@ -42,7 +42,7 @@ def window_table(predictions: Path, gap: int, window: int) -> str:
     results = {}
     for number, ids in sorted(windows.items()):
         part = table.filter(pc.is_in(table.column("case_id"), value_set=pa.array(ids)))
-        label = f"edits {number * window + 1}-{(number + 1) * window} ({len(ids)} cases)"
+        label = f"edits {max(number * window, gap) + 1}-{(number + 1) * window} ({len(ids)} cases)"
         results[label] = {"token": score_predictions(part, protocol="token", bootstrap=0)}
     return runs.score_table(results, "token")
 

