@@ -63,6 +63,8 @@ class WISEConfig(MethodConfig):
     density: float = 0.53
     #: train cases whose locality queries are the out-of-scope examples of each edit (EasyEdit: 1)
     out_of_scope_cases: int = 1
+    #: stop training once the loss (NLL + margins) is below this (None: every step, as measured)
+    stop_loss: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -273,6 +275,8 @@ class WISE(EditMethod):
         try:
             for _ in range(config.steps):
                 loss, _ = losses()
+                if config.stop_loss is not None and loss.item() < config.stop_loss:
+                    break
                 optimizer.zero_grad()
                 loss.backward()
                 delta.grad *= memory.mask
