@@ -39,8 +39,11 @@ def assert_restored(model: torch.nn.Module, before: tuple[dict[str, torch.Tensor
 
 
 def prepared(name: str, adapter, train_cases, options: dict | None = None):
+    """The method, prepared; the model has run once (transformers adds its output-recording hooks on
+    the first forward with an image, which must not count as left behind)."""
     method = make_method(name, options or {})
     method.prepare(adapter, train_cases)
+    score_queries(adapter, [train_cases[0].edit_query], [0])
     return method
 
 

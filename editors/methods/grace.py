@@ -136,7 +136,8 @@ class GRACE(EditMethod):
                 model.logits()
         finally:
             hook.remove()
-        return seen[0][0, positions].float()
+        # one row; some families (OPT) flatten the tokens before their MLP: (1, T, D) and (T, D) alike
+        return seen[0].reshape(-1, seen[0].shape[-1])[positions].float()
 
     def add_keys(self, queries: torch.Tensor, labels: list[int]) -> int:
         """The paper's codebook update for each query; returns how many new entries need values."""

@@ -144,6 +144,14 @@ class Router:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         inputs = args[0]
+        if inputs.dim() == 2:  # some families (OPT) flatten (rows, tokens) before their MLP
+            rows = self.attention_mask.shape[0] if self.attention_mask is not None else 1
+            routed = self.route(inputs.view(rows, -1, inputs.shape[-1]), output.view(rows, -1, output.shape[-1]))
+            return routed.reshape(output.shape)
+        return self.route(inputs, output)
+
+    def route(self, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """``output`` of the ``(rows, tokens, width)`` ``inputs`` with each row's memory added."""
         if self.forced is not None:
             added, self.forced_scores = self.scores(inputs, self.forced.delta)
             return output + added.to(output.dtype)
