@@ -19,6 +19,9 @@ METHODS: dict[str, str] = {
     "ke": "editors.methods.ke:KE",
     "serac": "editors.methods.serac:SERAC",
     "mend": "editors.methods.mend:MEND",
+    "lora": "editors.methods.lora:LoRA",
+    "grace": "editors.methods.grace:GRACE",
+    "wise": "editors.methods.wise:WISE",
 }
 
 
