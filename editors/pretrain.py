@@ -63,7 +63,7 @@ CHECKPOINT_TENSORS = "pretrain-checkpoint.safetensors"
 CHECKPOINT_STATE = "pretrain-checkpoint.json"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 10
+RECIPE = 11
 #: contexts this long or longer are read once per case in training (shorter ones, a fact alone at
 #: ~18 tokens, cost less repeated in one forward than read in two: measured break-even 18-50 tokens)
 SHARED_CONTEXT_MIN_TOKENS = 32
@@ -83,7 +83,7 @@ class PretrainConfig:
     checkpoint_every: int = 250
     #: every ``ike_every``-th step trains in-context edits (IKE's prompt format); 0: never
     ike_every: int = 2
-    ike_cases_per_step: int = 6
+    ike_cases_per_step: int = 12
     max_demonstrations: int = 32
     #: share of in-context batches with the new fact alone, no demonstrations: cheap, and where
     #: reading a fact from the context is learnt first
