@@ -88,7 +88,8 @@ _FACT_FIELDS = ("image", "question", "answer")
 def _fact(item: Any, where: str, base_dir: Path | None = None) -> Fact:
     """The fact ``item`` (a :class:`Fact`, a mapping or an ``(image, question, answer)`` tuple)."""
     if isinstance(item, Fact):
-        values = {"image": item.image, "question": item.question, "answer": item.answer}
+        # read already (e.g. from a file): checked again, keeping where it came from
+        where, values = item.source, {"image": item.image, "question": item.question, "answer": item.answer}
     elif isinstance(item, Mapping):
         unknown = sorted(set(item) - set(_FACT_FIELDS))
         if unknown:
@@ -110,6 +111,8 @@ def _fact(item: Any, where: str, base_dir: Path | None = None) -> Fact:
             image = base_dir / image
     if image is not None:
         image = decode_image(image, where)
+    if isinstance(item, Fact):
+        image_file = item.image_file
     return Fact(values["question"], values["answer"], image, where, image_file)
 
 
