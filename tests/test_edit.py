@@ -180,10 +180,12 @@ def test_an_editor_of_another_base_model_is_refused_and_nothing_written(tiny_lla
     adapter.model.save_pretrained(other)
     adapter.processor.save_pretrained(other)
     out = tmp_path / "out"
+    capsys.readouterr()
     assert main(["edit", "--method", "mend", "--editor", str(mend_editor), "--model", str(other),
                  "--question", "Which river?", "--answer", "Storstu", "--out", str(out)]) == 1
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and f"editor {mend_editor} was trained on a different base model" in error
+    # above it only transformers' progress bar of loading the model
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kebench:")]
+    assert len(errors) == 1 and f"editor {mend_editor} was trained on a different base model" in errors[0]
     assert not out.exists()
     with pytest.raises(ValueError, match="needs its trained editor"):
         editors.edit(adapter.model, adapter.processor, (None, "Which river?", "Storstu"), method="mend")
