@@ -84,11 +84,11 @@ _TEXT = ("case_id", "src", "rephrase", "pred", "alt", "loc", "loc_ans", "m_loc_q
 _IMAGES = ("image", "image_rephrase", "m_loc")
 
 
-def _decoded_image(row: Mapping[str, Any], name: str, case_id: str) -> Image.Image:
-    """The RGB image of field ``name``, from a decoded image or an undecoded ``{bytes, path}``."""
-    value = row.get(name)
+def decode_image(value: Any, where: str, name: str = "image") -> Image.Image:
+    """The RGB image of field ``name`` of ``where`` (e.g. ``case c12``), from a decoded image, a file
+    path or an undecoded ``{bytes, path}``; a :class:`CaseError` naming both when it cannot be read."""
     if value is None:
-        raise CaseError(f"case {case_id}: field {name!r}: image is missing")
+        raise CaseError(f"{where}: field {name!r}: image is missing")
     try:
         if isinstance(value, Mapping):
             if value.get("bytes"):
@@ -96,14 +96,20 @@ def _decoded_image(row: Mapping[str, Any], name: str, case_id: str) -> Image.Ima
             elif value.get("path"):
                 value = Image.open(value["path"])
             else:
-                raise CaseError(f"case {case_id}: field {name!r}: image has neither bytes nor a path")
+                raise CaseError(f"{where}: field {name!r}: image has neither bytes nor a path")
+        elif isinstance(value, (str, os.PathLike)):
+            value = Image.open(value)
         if not isinstance(value, Image.Image):
-            raise CaseError(f"case {case_id}: field {name!r}: expected an image, got {type(value).__name__}")
+            raise CaseError(f"{where}: field {name!r}: expected an image, got {type(value).__name__}")
         return value.convert("RGB")
     except CaseError:
         raise
     except Exception as error:
-        raise CaseError(f"case {case_id}: field {name!r}: image cannot be decoded ({error})") from error
+        raise CaseError(f"{where}: field {name!r}: image cannot be decoded ({error})") from error
+
+
+def _decoded_image(row: Mapping[str, Any], name: str, case_id: str) -> Image.Image:
+    return decode_image(row.get(name), f"case {case_id}", name)
 
 
 def case_from_row(row: Mapping[str, Any]) -> EditCase:

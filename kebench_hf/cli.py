@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kebench_hf.construct.commands",
     "kebench_hf.data_commands",
     "editors.commands",
+    "editors.edit_commands",
     "kebench_hf.scoring_commands",
     "kebench_hf.leaderboard.commands",
 )

@@ -79,8 +79,10 @@ def imports() -> tuple[Import, ...]:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = _resolve_from(node, source)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.count(" ") == 0:
-                # a registry entry: "module" or "module:Attribute" naming one of our modules exactly
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.count(" ") == 0 \
+                    and any(mark in node.value for mark in ".:"):
+                # a registry entry: "package.module" or "module:Attribute" naming one of our modules exactly
+                # (a bare "editors" is a folder name, e.g. the trained editors' cache directory)
                 names = [node.value.partition(":")[0]] if node.value.partition(":")[0] in modules() else []
             else:
                 continue
