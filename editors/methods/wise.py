@@ -329,11 +329,12 @@ class SideMemoryEdit(AppliedEdit):
         self.method, self.before = method, before
 
     def score(
-        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None
+        self, queries: list[Query], topk: list[int], encoded: EncodedBatch | None = None, top: TopLayers | None = None,
+        positions: list[str] | None = None,
     ) -> list[Readout]:
         # the top layers re-run without the model's forward: the router reads the rows' padding here
         self.method.router.attention_mask = encoded.inputs.get("attention_mask") if encoded is not None else None
-        return super().score(queries, topk, encoded, top)
+        return super().score(queries, topk, encoded, top, positions)
 
     def restore(self) -> None:
         if self.before is None:
