@@ -1,4 +1,4 @@
-"""Model adapters on tiny models of the five real architectures (untrained: the checks are exact)."""
+"""Model adapters on tiny models of the real architectures (untrained: the checks are exact)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def test_tiny_model_loads_with_auto_classes_and_registry_picks_by_config(
 
 
 def test_auto_processor_loads_the_real_processor_classes(tiny_models: dict[str, Path]) -> None:
+    import transformers
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
 
@@ -70,14 +71,24 @@ def test_auto_processor_loads_the_real_processor_classes(tiny_models: dict[str, 
         "blip2": "Blip2Processor",
         "idefics3": "Idefics3Processor",
         "llava-next": "LlavaNextProcessor",
+        "gemma3": "Gemma3Processor",
     }
     for family, name in expected.items():
         assert type(AutoProcessor.from_pretrained(tiny_models[family])).__name__ == name
-    for arch in ("qwen2-vl", "qwen2.5-vl"):
+    # processors holding a video processor are saved as the real class, loaded without it here
+    with_video = {"qwen2-vl": "Qwen2VLProcessor", "qwen2.5-vl": "Qwen2VLProcessor",
+                  "llava-onevision": "LlavaOnevisionProcessor", "qwen3-vl": "Qwen3VLProcessor"}
+    for arch, name in with_video.items():
         saved = json.loads((tiny_models[arch] / "processor_config.json").read_text())
-        assert saved["processor_class"] == "Qwen2VLProcessor"
+        assert saved["processor_class"] == name
         if is_torchvision_available():
-            assert type(AutoProcessor.from_pretrained(tiny_models[arch])).__name__ == "Qwen2VLProcessor"
+            assert type(AutoProcessor.from_pretrained(tiny_models[arch])).__name__ == name
+    for arch in ("llava-onevision", "qwen3-vl"):
+        processor = load_adapter(tiny_models[arch]).processor
+        assert isinstance(processor, getattr(transformers, with_video[arch]))
+        assert processor.chat_template == (tiny_models[arch] / "chat_template.jinja").read_text()
+    # the saved options come back (LLaVA-OneVision's image token count)
+    assert load_adapter(tiny_models["llava-onevision"]).processor.num_image_tokens == 16
 
 
 def test_unknown_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:

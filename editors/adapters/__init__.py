@@ -15,14 +15,18 @@ from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.adapters.blip2 import Blip2Adapter
+from editors.adapters.gemma3 import Gemma3Adapter
 from editors.adapters.idefics3 import Idefics3Adapter
 from editors.adapters.llava import LlavaAdapter
 from editors.adapters.llava_next import LlavaNextAdapter
+from editors.adapters.llava_onevision import LlavaOnevisionAdapter
 from editors.adapters.qwen2_vl import Qwen2VLAdapter
+from editors.adapters.qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     adapter.family: adapter
-    for adapter in (LlavaAdapter, Blip2Adapter, Qwen2VLAdapter, Idefics3Adapter, LlavaNextAdapter)
+    for adapter in (LlavaAdapter, Blip2Adapter, Qwen2VLAdapter, Idefics3Adapter, LlavaNextAdapter,
+                    LlavaOnevisionAdapter, Qwen3VLAdapter, Gemma3Adapter)
 }
 
 
