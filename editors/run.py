@@ -76,6 +76,8 @@ class RunSettings:
     preset: str = "kebench"
     #: portability of this hop only; cases without such a question are dropped (the reference's argv)
     hop: int | None = None
+    #: let a model whose repository ships its own code run it (``--trust-remote-code``)
+    trust_remote_code: bool = False
 
 
 def default_world() -> Path:
@@ -164,17 +166,12 @@ def make_method(name: str, options: dict[str, Any]) -> EditMethod:
     return cls(cls.config_class.from_dict(options) if options else None)
 
 
-def model_family(model: str) -> str:
+def model_family(model: str, trust_remote_code: bool = False) -> str:
     """The adapter family of the model at ``model``, read from its config (no weights loaded)."""
-    from transformers import AutoConfig
+    from editors.adapters import adapter_class, load_config
 
-    from editors.adapters import adapter_class
-
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"model {model!r}: cannot load its config ({error})") from None
-    return adapter_class(config.model_type).family
+    config = load_config(model, trust_remote_code)
+    return adapter_class(config.model_type, config).family
 
 
 def preset_rows(rows: Any, preset: Preset, hop: int | None) -> Any:
@@ -239,7 +236,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
         train = _empty_split()
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
-    family = model_family(model)
+    family = model_family(model, settings.trust_remote_code)
     method = make_method(settings.method, {**preset.settings(settings.method, family), **settings.method_options})
     if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):
         raise ValueError(f"preset {preset.name!r}: the reference's FT runs the model in float32, not {settings.dtype}")
@@ -247,7 +244,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
     seed_everything(settings.seed)
     if _on_cuda(settings.device):
         torch.cuda.reset_peak_memory_stats()  # this run's peak, not the process's
-    adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype))
+    adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype),
+                           trust_remote_code=settings.trust_remote_code)
     adapter.form = preset.prompt_form(method, family)
     started = time.perf_counter()
     method.prepare(adapter, CaseSequence(train), settings.editor)
@@ -330,6 +328,9 @@ def run_info(settings: RunSettings, adapter: Any, method: EditMethod, rows: Any,
         "model": str(settings.model or default_model()),
         "model_family": adapter.family,
         "model_class": type(adapter.model).__name__,
+        # ours, a plugin's (its package), or the generic one
+        "model_adapter": f"{type(adapter).__module__}:{type(adapter).__qualname__}",
+        "trust_remote_code": settings.trust_remote_code,
         "method": method.name,
         "hyperparameters": method.config.to_dict(),
         "method_info": method.run_info(),

@@ -183,11 +183,15 @@ def _build_llava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
     return LlavaForConditionalGeneration(config), processor
 
 
-def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+def _build_blip2(texts: list[str], spec: TinySpec, language_model: str = "opt") -> tuple[torch.nn.Module, Any]:
+    """BLIP-2 with OPT, or with ``language_model="llama"`` MiniGPT-4 (as ``kebench convert minigpt4`` writes it)."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
 
-    # BLIP-2 prompts are plain "Question: ... Answer:" text; no chat template.
-    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, chat_template=None)
+    from editors.convert import IMAGE_TOKEN
+
+    # BLIP-2 and MiniGPT-4 prompts are plain text; no chat template.
+    image_token = IMAGE_TOKEN if language_model == "llama" else "<image>"
+    tokenizer = build_tokenizer(texts, [image_token], spec.vocab_size, chat_template=None)
     queries = (spec.image_size // spec.patch_size) ** 2 // 2
     processor = Blip2Processor(
         image_processor=BlipImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size}),
@@ -208,7 +212,7 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
             "hidden_dropout_prob": 0.0,
             "attention_probs_dropout_prob": 0.0,
         },
-        text_config={
+        text_config=_llama_config(spec, tokenizer) if language_model == "llama" else {
             "model_type": "opt",
             "vocab_size": spec.vocabulary(tokenizer),
             "hidden_size": spec.hidden_size,
@@ -223,7 +227,7 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
             "pad_token_id": tokenizer.pad_token_id,
         },
         num_query_tokens=queries,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
     )
     return Blip2ForConditionalGeneration(config), processor
 
@@ -423,7 +427,12 @@ def _build_llava_onevision(texts: list[str], spec: TinySpec) -> tuple[torch.nn.M
 
 
 def _build_qwen3_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers import (
+        Qwen2VLImageProcessorPil,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+    )
 
     from editors.adapters.processors import image_only
 
@@ -475,7 +484,12 @@ GEMMA3_CHAT_TEMPLATE = (
 
 
 def _build_gemma3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
 
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
     tokenizer = build_tokenizer(texts, ["<start_of_turn>", "<end_of_turn>"], spec.vocab_size, GEMMA3_CHAT_TEMPLATE,
@@ -511,10 +525,73 @@ def _build_gemma3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, An
     return model, processor
 
 
+def _build_vipllava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    """VipLLaVA (CLIP features of several layers -> projector -> Llama): no adapter of its own."""
+    from transformers import LlavaProcessor, VipLlavaConfig, VipLlavaForConditionalGeneration
+
+    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE)
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(spec),
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which VipLLaVA drops
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    config = VipLlavaConfig(
+        vision_config=_clip_vision_config(spec),
+        text_config=_llama_config(spec, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(spec.image_size // spec.patch_size) ** 2,
+        vision_feature_layer=[-2, -1],
+    )
+    return VipLlavaForConditionalGeneration(config), processor
+
+
+# InternVL's ChatML with its image-context token (the processor adds <img> ... </img> around it).
+INTERNVL_CHAT_TEMPLATE = CHATML_IMAGE_CHAT_TEMPLATE.replace("<image>", "<IMG_CONTEXT>")
+
+
+def _build_internvl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    """InternVL (InternViT -> pixel-shuffle projector -> Qwen2): no adapter of its own."""
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+    )
+
+    from editors.adapters.processors import image_only
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tokenizer = build_tokenizer(texts, ["<|im_start|>", "<|im_end|>"], spec.vocab_size, INTERNVL_CHAT_TEMPLATE,
+                                named_tokens=named)
+    patch = spec.patch_size // 2
+    image_tokens = (spec.image_size // patch) ** 2 // 4  # pixel shuffle at downsample ratio 0.5
+    processor = image_only(InternVLProcessor)(
+        image_processor=GotOcr2ImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size},
+                                                 crop_to_patches=False, max_patches=1),
+        tokenizer=tokenizer,
+        image_seq_length=image_tokens,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    config = InternVLConfig(
+        vision_config={**_vision_tower_config(spec, patch), "image_size": [spec.image_size] * 2,
+                       "patch_size": [patch] * 2},
+        text_config=_qwen2_config(spec, tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(named["context_image_token"]),
+        image_seq_length=image_tokens,
+        downsample_ratio=0.5,
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
 #: arch name (as on the command line) -> builder of (untrained model, processor)
 BUILDERS: dict[str, Callable[[list[str], TinySpec], tuple[torch.nn.Module, Any]]] = {
     "llava": _build_llava,
     "blip2": _build_blip2,
+    "minigpt4": lambda texts, spec: _build_blip2(texts, spec, language_model="llama"),
     "qwen2-vl": lambda texts, spec: _build_qwen_vl(texts, spec, "2"),
     "qwen2.5-vl": lambda texts, spec: _build_qwen_vl(texts, spec, "2.5"),
     "idefics3": _build_idefics3,
@@ -522,6 +599,9 @@ BUILDERS: dict[str, Callable[[list[str], TinySpec], tuple[torch.nn.Module, Any]]
     "llava-onevision": _build_llava_onevision,
     "qwen3-vl": _build_qwen3_vl,
     "gemma3": _build_gemma3,
+    # families served by the generic adapter (editors.adapters.generic)
+    "vipllava": _build_vipllava,
+    "internvl": _build_internvl,
 }
 
 

@@ -25,6 +25,11 @@ class Blip2Adapter(ChatTemplateAdapter):
     model_types = ("blip-2",)
     supports_prefix_cache = False
 
+    @classmethod
+    def handles(cls, config: Any) -> bool:
+        """BLIP-2 with OPT (a Llama text model is MiniGPT-4: ``editors.adapters.minigpt4``)."""
+        return super().handles(config) and config.text_config.model_type != "llama"
+
     def prompt(self, query: Query) -> str:
         return f"Question: {query.question} Answer:"
 

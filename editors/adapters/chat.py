@@ -61,7 +61,12 @@ class ChatTemplateAdapter(ModelAdapter):
         return self.decoder_layers()[layer].mlp
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.language_model().norm(hidden_states))
+        return self.soft_capped(self.model.lm_head(self.language_model().norm(hidden_states)))
+
+    def soft_capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` through the text model's final soft cap where it has one (Gemma's)."""
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
         """LLaVA's reference FT trains ``mlp.up_proj.weight`` and ``mlp.down_proj.weight`` only."""

@@ -4,7 +4,8 @@ Turn prompts (``<start_of_turn>user\\n...<end_of_turn>\\n<start_of_turn>model\\n
 after); images nested per prompt. Image tokens attend to each other both ways, which the model reads
 from ``token_type_ids``, rebuilt for the assembled rows; the model reads them from the start of the
 sequence, so a row cannot continue over a shared context's KV cache (``supports_prefix_cache =
-False``). FT-vision trains the projector.
+False``). FT-vision trains the last SigLIP layer, as the paper's Qwen-VL setup trains the last
+vision block: Gemma 3's projector is a bare matrix (no linear layer to scale FT's learning rate by).
 """
 
 from __future__ import annotations
@@ -27,10 +28,5 @@ class Gemma3Adapter(ChatTemplateAdapter):
         inputs["token_type_ids"] = inputs.pop("mm_token_type_ids").long()
         return inputs
 
-    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = super().head(hidden_states)
-        cap = self.model.config.get_text_config().final_logit_softcapping
-        return logits if cap is None else torch.tanh(logits / cap) * cap
-
     def vision_side_module(self) -> nn.Module:
-        return self.model.model.multi_modal_projector
+        return self.model.model.vision_tower.encoder.layers[-1]

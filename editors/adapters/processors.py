@@ -24,7 +24,12 @@ _NOT_OPTIONS = ("processor_class", "image_processor", "video_processor", "auto_m
 
 @cache
 def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
-    """``processor_class`` without its ``video_processor`` (the other arguments unchanged)."""
+    """``processor_class`` without its ``video_processor`` (the other arguments unchanged).
+
+    For the processors whose ``__init__`` passes its sub-processors on as ``image_processor,
+    tokenizer, video_processor`` (LLaVA-OneVision, Qwen2/3-VL, InternVL, ...): transformers pairs them
+    with the sub-processors the signature names, so the trailing ``None`` drops out.
+    """
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         processor_class.__init__(self, *args, video_processor=None, **kwargs)
