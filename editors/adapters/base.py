@@ -164,6 +164,11 @@ class ModelAdapter(ABC):
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Final norm (and projection) + LM head applied to the last decoder layer's output."""
 
+    def last_hidden_states(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """``(rows, positions, hidden)``: the language model's last hidden states (after its final
+        norm) for the forward ``inputs``."""
+        return self.model(**inputs, output_hidden_states=True).hidden_states[-1]
+
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 

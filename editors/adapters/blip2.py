@@ -64,6 +64,10 @@ class Blip2Adapter(ChatTemplateAdapter):
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **generation
         )
 
+    def last_hidden_states(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """BLIP-2 returns the language model's hidden states inside its ``language_model_outputs``."""
+        return self.model(**inputs, output_hidden_states=True).language_model_outputs.hidden_states[-1]
+
     def language_model(self) -> nn.Module:
         return self.model.language_model.model.decoder
 
