@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         split=args.split or "test", limit=args.limit, device=args.device or "cpu", dtype=args.dtype or "float32",
         sequential=args.sequential or 1, resume=args.resume, editor=Path(args.editor) if args.editor else None,
         seed=args.seed or 0, generate=not args.no_generate, method_options=_method_options(args.set or []),
-        preset=args.preset or "kebench", hop=args.hop,
+        preset=args.preset or "kebench", hop=args.hop, trust_remote_code=args.trust_remote_code,
     )
     if args.sequential_gap:
         root = runs.lifelong(settings, args.sequential_gap)
@@ -92,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 _RUN_OPTIONS = ("method", "model", "data", "config", "split", "limit", "device", "dtype", "sequential",
-                "sequential_gap", "resume", "editor", "out", "seed", "no_generate", "set", "preset", "hop")
+                "sequential_gap", "resume", "editor", "out", "seed", "no_generate", "set", "preset", "hop",
+                "trust_remote_code")
 
 
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
@@ -129,6 +130,8 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hop", type=int, choices=(1, 2, 3, 4),
                         help="portability of this hop only; cases without such a question are dropped from "
                              "every metric (the reference's one run per hop)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model whose repository ships its own code (auto_map) run it; recorded in run.json")
     parser.set_defaults(func=_run)
 
 
@@ -150,7 +153,8 @@ def _train_editor(args: argparse.Namespace) -> int:
     data = args.data or str(default_world())
     train = CaseSequence(load_split(data, "edit", "train"))
     seed_everything(method.config.seed)
-    adapter = load_adapter(args.model or default_model(), device=args.device, dtype=args.dtype)
+    adapter = load_adapter(args.model or default_model(), device=args.device, dtype=args.dtype,
+                           trust_remote_code=args.trust_remote_code)
     for parameter in adapter.model.parameters():
         parameter.requires_grad_(False)
     report = method.train(adapter, train, Path(args.out))
@@ -175,6 +179,8 @@ def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES)
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="editor setting (e.g. max_steps=200, layers=[-1]), repeatable")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model whose repository ships its own code (auto_map) run it")
     parser.set_defaults(func=_train_editor)
 
 
@@ -204,8 +210,35 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_bench)
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from editors.convert import convert_minigpt4
+
+    report = convert_minigpt4(args.checkpoint, args.llama, args.out, vision_heads=args.vision_heads,
+                              qformer_heads=args.qformer_heads)
+    print(f"MiniGPT-4 saved to {args.out} as Blip2ForConditionalGeneration ({report['mapped_keys']} keys mapped, "
+          f"{len(report['dropped_keys'])} dropped as MiniGPT-4 drops them); use it with: kebench run --model {args.out}")
+    return 0
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a model outside transformers into a transformers class (minigpt4)",
+        description="minigpt4: MiniGPT-4's checkpoints (its llama_proj; BLIP-2's ViT and Q-Former) and Vicuna's "
+        "weights into Blip2ForConditionalGeneration with a Llama text model, saved with save_pretrained.",
+    )
+    parser.add_argument("source", choices=("minigpt4",), help="the model to convert")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="checkpoint file(s) in MiniGPT-4's key layout (.safetensors or tensors-only .pth)")
+    parser.add_argument("--llama", required=True, help="the Vicuna (Llama) directory: config, safetensors, tokenizer")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--vision-heads", type=int, default=16, help="ViT attention heads (EVA ViT-g: 16)")
+    parser.add_argument("--qformer-heads", type=int, default=12, help="Q-Former attention heads (BERT-base: 12)")
+    parser.set_defaults(func=_convert)
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_pretrain(subparsers)
     _add_run(subparsers)
     _add_train_editor(subparsers)
     _add_bench(subparsers)
+    _add_convert(subparsers)

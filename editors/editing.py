@@ -227,7 +227,8 @@ def train_split(train: Any) -> TrainSplit:
         return TrainSplit(lambda: train, "given as cases")
     if train is None or isinstance(train, (str, os.PathLike)):
         def load() -> CaseSequence:
-            from editors.run import default_world, load_split
+            from editors.cases import load_split
+            from kebench_hf.world import default_world
 
             return CaseSequence(load_split(str(train) if train is not None else default_world(), "edit", "train"))
 

@@ -121,14 +121,15 @@ def run(settings: RunSettings) -> dict[str, Any]:
         train = _empty_split()
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
-    family = model_family(model)
+    family = model_family(model, settings.trust_remote_code)
     method = make_method(settings.method, {**preset.settings(settings.method, family), **settings.method_options})
     if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):
         raise ValueError(f"preset {preset.name!r}: the reference's FT runs the model in float32, not {settings.dtype}")
 
     seed_everything(settings.seed)
     reset_peak_memory(settings.device)
-    adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype))
+    adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype),
+                           trust_remote_code=settings.trust_remote_code)
     adapter.form = preset.prompt_form(method, family)
     started = time.perf_counter()
     method.prepare(adapter, CaseSequence(train), settings.editor)

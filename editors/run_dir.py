@@ -68,6 +68,8 @@ class RunSettings:
     preset: str = "kebench"
     #: portability of this hop only; cases without such a question are dropped (the reference's argv)
     hop: int | None = None
+    #: let a model whose repository ships its own code run it (``--trust-remote-code``)
+    trust_remote_code: bool = False
 
     @property
     def protocols(self) -> list[str]:
@@ -206,6 +208,9 @@ class Run:
             "model": self.model,
             "model_family": adapter.family,
             "model_class": type(adapter.model).__name__,
+            # ours, a plugin's (its package), or the generic one
+            "model_adapter": f"{type(adapter).__module__}:{type(adapter).__qualname__}",
+            "trust_remote_code": settings.trust_remote_code,
             "method": method.name,
             "hyperparameters": method.config.to_dict(),
             "method_info": method.run_info(),

@@ -64,13 +64,16 @@ class TinySpec:
 
 
 def build_tokenizer(
-    texts: Iterable[str], special_tokens: list[str], vocab_size: int, chat_template: str | None
+    texts: Iterable[str], special_tokens: list[str], vocab_size: int, chat_template: str | None,
+    named_tokens: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on ``texts``; every sequence starts with ``<s>``.
 
     ``special_tokens`` (the family's image/vision markers) are added as single tokens that the
-    BPE never splits or produces from plain text.
+    BPE never splits or produces from plain text; ``named_tokens`` are special tokens the family's
+    processor reads as tokenizer attributes (e.g. Gemma 3's ``boi_token``).
     """
+    special_tokens = [*special_tokens, *(named_tokens or {}).values()]
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -92,7 +95,7 @@ def build_tokenizer(
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        extra_special_tokens={},
+        extra_special_tokens=named_tokens or {},
         additional_special_tokens=special_tokens,
         chat_template=chat_template,
         model_max_length=4096,
@@ -180,11 +183,15 @@ def _build_llava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
     return LlavaForConditionalGeneration(config), processor
 
 
-def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+def _build_blip2(texts: list[str], spec: TinySpec, language_model: str = "opt") -> tuple[torch.nn.Module, Any]:
+    """BLIP-2 with OPT, or with ``language_model="llama"`` MiniGPT-4 (as ``kebench convert minigpt4`` writes it)."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
 
-    # BLIP-2 prompts are plain "Question: ... Answer:" text; no chat template.
-    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, chat_template=None)
+    from editors.convert import IMAGE_TOKEN
+
+    # BLIP-2 and MiniGPT-4 prompts are plain text; no chat template.
+    image_token = IMAGE_TOKEN if language_model == "llama" else "<image>"
+    tokenizer = build_tokenizer(texts, [image_token], spec.vocab_size, chat_template=None)
     queries = (spec.image_size // spec.patch_size) ** 2 // 2
     processor = Blip2Processor(
         image_processor=BlipImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size}),
@@ -205,7 +212,7 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
             "hidden_dropout_prob": 0.0,
             "attention_probs_dropout_prob": 0.0,
         },
-        text_config={
+        text_config=_llama_config(spec, tokenizer) if language_model == "llama" else {
             "model_type": "opt",
             "vocab_size": spec.vocabulary(tokenizer),
             "hidden_size": spec.hidden_size,
@@ -220,7 +227,7 @@ def _build_blip2(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any
             "pad_token_id": tokenizer.pad_token_id,
         },
         num_query_tokens=queries,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
     )
     return Blip2ForConditionalGeneration(config), processor
 
@@ -366,14 +373,235 @@ def _build_llava_next(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module
     return LlavaNextForConditionalGeneration(config), processor
 
 
+# ChatML with LLaVA's image placeholder (LLaVA-OneVision's Qwen2 conversation format).
+CHATML_IMAGE_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen2_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    return {**_llama_config(spec, tokenizer), "model_type": "qwen2"}
+
+
+def _siglip_vision_config(spec: TinySpec, patch_size: int | None = None) -> dict[str, Any]:
+    return {"model_type": "siglip_vision_model", **_vision_tower_config(spec, patch_size), "vision_use_head": False}
+
+
+def _build_llava_onevision(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    from editors.adapters.processors import image_only
+
+    tokenizer = build_tokenizer(texts, ["<|im_start|>", "<|im_end|>", "<image>", "<video>"], spec.vocab_size,
+                                CHATML_IMAGE_CHAT_TEMPLATE)
+    side = spec.image_size
+    pinpoints = [[side, side], [side, 2 * side], [2 * side, side]]
+    processor = image_only(LlavaOnevisionProcessor)(
+        image_processor=LlavaOnevisionImageProcessorPil(size={"height": side, "width": side},
+                                                        image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer,
+        num_image_tokens=(side // spec.patch_size) ** 2,
+        vision_feature_select_strategy="full",  # SigLIP has no CLS token
+        chat_template=CHATML_IMAGE_CHAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = LlavaOnevisionConfig(
+        vision_config=_siglip_vision_config(spec),
+        text_config=_qwen2_config(spec, tokenizer),
+        image_token_index=ids("<image>"),
+        video_token_index=ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def _build_qwen3_vl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import (
+        Qwen2VLImageProcessorPil,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+    )
+
+    from editors.adapters.processors import image_only
+
+    tokenizer = build_tokenizer(texts, QWEN2_VL_SPECIAL_TOKENS, spec.vocab_size, QWEN2_VL_CHAT_TEMPLATE)
+    patch, merge = spec.patch_size // 2, 2
+    pixels = spec.image_size * spec.image_size
+    processor = image_only(Qwen3VLProcessor)(
+        image_processor=Qwen2VLImageProcessorPil(
+            size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=patch, merge_size=merge
+        ),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    # interleaved M-RoPE over (time, height, width), 3 frequencies in every 8 for height and width
+    head_dim = spec.hidden_size // spec.heads
+    half = head_dim // 2
+    height = width = half * 3 // 8
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        vision_config={
+            "depth": spec.vision_layers, "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": spec.vision_intermediate_size, "num_heads": spec.vision_heads, "patch_size": patch,
+            "spatial_merge_size": merge, "temporal_patch_size": 2, "out_hidden_size": spec.hidden_size,
+            "num_position_embeddings": (spec.image_size // patch) ** 2, "deepstack_visual_indexes": [0],
+        },
+        text_config={
+            **_llama_config(spec, tokenizer),
+            "model_type": "qwen3_vl_text",
+            "head_dim": head_dim,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                                "mrope_section": [half - height - width, height, width]},
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    return Qwen3VLForConditionalGeneration(config), processor
+
+
+# Gemma 3's turn format (the real template also opens with BOS, which the tokenizer adds here).
+GEMMA3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<start_of_image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _build_gemma3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+    )
+
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tokenizer = build_tokenizer(texts, ["<start_of_turn>", "<end_of_turn>"], spec.vocab_size, GEMMA3_CHAT_TEMPLATE,
+                                named_tokens=named)
+    patch = spec.patch_size // 2
+    image_tokens = (spec.image_size // patch) ** 2 // 4  # the projector average-pools 2x2 patches
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size}),
+        tokenizer=tokenizer,
+        image_seq_length=image_tokens,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+    )
+    head_dim = spec.hidden_size // spec.heads
+    ids = tokenizer.convert_tokens_to_ids
+    config = Gemma3Config(
+        vision_config=_siglip_vision_config(spec, patch),
+        text_config={
+            **_llama_config(spec, tokenizer),
+            "model_type": "gemma3_text",
+            "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim,
+            "sliding_window": spec.max_positions,
+        },
+        mm_tokens_per_image=image_tokens,
+        boi_token_index=ids(named["boi_token"]),
+        eoi_token_index=ids(named["eoi_token"]),
+        image_token_index=ids(named["image_token"]),
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    # Gemma 3 starts its projection at zero (every image the same to the language model until
+    # trained); an untrained tiny model needs images told apart, as the other families' do
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=config.initializer_range)
+    return model, processor
+
+
+def _build_vipllava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    """VipLLaVA (CLIP features of several layers -> projector -> Llama): no adapter of its own."""
+    from transformers import LlavaProcessor, VipLlavaConfig, VipLlavaForConditionalGeneration
+
+    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE)
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(spec),
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which VipLLaVA drops
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    config = VipLlavaConfig(
+        vision_config=_clip_vision_config(spec),
+        text_config=_llama_config(spec, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(spec.image_size // spec.patch_size) ** 2,
+        vision_feature_layer=[-2, -1],
+    )
+    return VipLlavaForConditionalGeneration(config), processor
+
+
+# InternVL's ChatML with its image-context token (the processor adds <img> ... </img> around it).
+INTERNVL_CHAT_TEMPLATE = CHATML_IMAGE_CHAT_TEMPLATE.replace("<image>", "<IMG_CONTEXT>")
+
+
+def _build_internvl(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    """InternVL (InternViT -> pixel-shuffle projector -> Qwen2): no adapter of its own."""
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+    )
+
+    from editors.adapters.processors import image_only
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tokenizer = build_tokenizer(texts, ["<|im_start|>", "<|im_end|>"], spec.vocab_size, INTERNVL_CHAT_TEMPLATE,
+                                named_tokens=named)
+    patch = spec.patch_size // 2
+    image_tokens = (spec.image_size // patch) ** 2 // 4  # pixel shuffle at downsample ratio 0.5
+    processor = image_only(InternVLProcessor)(
+        image_processor=GotOcr2ImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size},
+                                                 crop_to_patches=False, max_patches=1),
+        tokenizer=tokenizer,
+        image_seq_length=image_tokens,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    config = InternVLConfig(
+        vision_config={**_vision_tower_config(spec, patch), "image_size": [spec.image_size] * 2,
+                       "patch_size": [patch] * 2},
+        text_config=_qwen2_config(spec, tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(named["context_image_token"]),
+        image_seq_length=image_tokens,
+        downsample_ratio=0.5,
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
 #: arch name (as on the command line) -> builder of (untrained model, processor)
 BUILDERS: dict[str, Callable[[list[str], TinySpec], tuple[torch.nn.Module, Any]]] = {
     "llava": _build_llava,
     "blip2": _build_blip2,
+    "minigpt4": lambda texts, spec: _build_blip2(texts, spec, language_model="llama"),
     "qwen2-vl": lambda texts, spec: _build_qwen_vl(texts, spec, "2"),
     "qwen2.5-vl": lambda texts, spec: _build_qwen_vl(texts, spec, "2.5"),
     "idefics3": _build_idefics3,
     "llava-next": _build_llava_next,
+    "llava-onevision": _build_llava_onevision,
+    "qwen3-vl": _build_qwen3_vl,
+    "gemma3": _build_gemma3,
+    # families served by the generic adapter (editors.adapters.generic)
+    "vipllava": _build_vipllava,
+    "internvl": _build_internvl,
 }
 
 

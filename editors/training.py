@@ -184,6 +184,8 @@ def gradient_factors(
     factors = {}
     for name, grad in zip(weights, grads, strict=True):
         u = inputs[name.removesuffix(".weight")]
+        if u.dim() == 2:  # OPT runs its MLP on the (rows x positions) tokens flattened
+            u, grad = u.reshape(*batch.inputs["input_ids"].shape, -1), grad.reshape(*batch.inputs["input_ids"].shape, -1)
         keep = mask[list(rows)] if mask is not None else None
         u, delta = u[list(rows)], grad[list(rows)]
         if keep is not None:

@@ -1,4 +1,4 @@
-"""Model adapters on tiny models of the five real architectures (untrained: the checks are exact)."""
+"""Model adapters on tiny models of the real architectures (untrained: the checks are exact)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from editors.adapters import ADAPTERS, Query, adapter_for, load_adapter
+from editors.adapters import ADAPTERS, GenericAdapter, Query, adapter_for, load_adapter
 from editors.tiny import BUILDERS
 
 ARCHS = sorted(BUILDERS)
-#: the adapter family of each tiny architecture (Qwen2.5-VL shares Qwen2-VL's adapter)
+#: tiny architectures without an adapter of their own: the generic adapter serves them
+GENERIC = {"vipllava", "internvl"}
+#: the adapter family of each tiny architecture (Qwen2.5-VL shares Qwen2-VL's adapter; a generic
+#: family is its model_type)
 FAMILY = {arch: "qwen2-vl" if arch == "qwen2.5-vl" else arch for arch in ARCHS}
 
 
@@ -39,7 +42,8 @@ def queries(vlkeb_fixture_dir: Path) -> list[Query]:
 
 
 def test_every_architecture_has_an_adapter() -> None:
-    assert sorted(ADAPTERS) == sorted(set(FAMILY.values()))
+    assert sorted(ADAPTERS) == sorted({family for arch, family in FAMILY.items() if arch not in GENERIC})
+    assert not GENERIC & set(ADAPTERS), "the generic adapter's test families have no adapter of their own"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -57,11 +61,13 @@ def test_tiny_model_loads_with_auto_classes_and_registry_picks_by_config(
     assert text_config.max_position_embeddings >= 2048
     adapter = load_adapter(misnamed)
     assert adapter.family == FAMILY[arch]
+    assert isinstance(adapter, GenericAdapter) == (arch in GENERIC)
     assert AutoConfig.from_pretrained(misnamed).model_type in type(adapter).model_types
     assert type(adapter_for(model, adapter.processor)) is type(adapter)
 
 
 def test_auto_processor_loads_the_real_processor_classes(tiny_models: dict[str, Path]) -> None:
+    import transformers
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
 
@@ -70,14 +76,24 @@ def test_auto_processor_loads_the_real_processor_classes(tiny_models: dict[str, 
         "blip2": "Blip2Processor",
         "idefics3": "Idefics3Processor",
         "llava-next": "LlavaNextProcessor",
+        "gemma3": "Gemma3Processor",
     }
     for family, name in expected.items():
         assert type(AutoProcessor.from_pretrained(tiny_models[family])).__name__ == name
-    for arch in ("qwen2-vl", "qwen2.5-vl"):
+    # processors holding a video processor are saved as the real class, loaded without it here
+    with_video = {"qwen2-vl": "Qwen2VLProcessor", "qwen2.5-vl": "Qwen2VLProcessor",
+                  "llava-onevision": "LlavaOnevisionProcessor", "qwen3-vl": "Qwen3VLProcessor"}
+    for arch, name in with_video.items():
         saved = json.loads((tiny_models[arch] / "processor_config.json").read_text())
-        assert saved["processor_class"] == "Qwen2VLProcessor"
+        assert saved["processor_class"] == name
         if is_torchvision_available():
-            assert type(AutoProcessor.from_pretrained(tiny_models[arch])).__name__ == "Qwen2VLProcessor"
+            assert type(AutoProcessor.from_pretrained(tiny_models[arch])).__name__ == name
+    for arch in ("llava-onevision", "qwen3-vl"):
+        processor = load_adapter(tiny_models[arch]).processor
+        assert isinstance(processor, getattr(transformers, with_video[arch]))
+        assert processor.chat_template == (tiny_models[arch] / "chat_template.jinja").read_text()
+    # the saved options come back (LLaVA-OneVision's image token count)
+    assert load_adapter(tiny_models["llava-onevision"]).processor.num_image_tokens == 16
 
 
 def test_unknown_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
@@ -94,6 +110,28 @@ def test_unknown_family_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="cannot load its config"):
         load_adapter(tmp_path / "empty")
+
+
+def test_generic_adapter_refuses_a_model_whose_parts_it_cannot_find(tiny_models: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText, FuyuConfig
+
+    served = load_adapter(tiny_models["vipllava"])
+    assert served.structure.projector == "model.multi_modal_projector"
+    assert served.answer_prefix == " " and load_adapter(tiny_models["internvl"]).answer_prefix == ""  # after ChatML's "\n"
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["vipllava"])
+    del model.model.multi_modal_projector
+    with pytest.raises(ValueError, match=r"model_type 'vipllava' .* cannot find its vision-language projector "
+                                         r"\(model: none of model.multi_modal_projector, .*kebench.adapters"):
+        adapter_for(model, served.processor)
+    # Fuyu feeds patches through one linear layer, no projector by these names: refused from its config
+    # alone, before any weight is loaded (the directory has none)
+    fuyu = tmp_path / "fuyu"
+    FuyuConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                            "num_attention_heads": 2}).save_pretrained(fuyu)
+    with pytest.raises(ValueError, match=r"model_type 'fuyu' .*vision-language projector.*docs/models.md") as error:
+        load_adapter(fuyu)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

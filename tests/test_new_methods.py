@@ -10,12 +10,12 @@ import torch
 
 from editors.adapters import load_adapter
 from editors.adapters.base import Query
-from editors.cases import CaseSequence
+from editors.cases import CaseSequence, load_split
 from editors.engine import Engine, EngineOptions
 from editors.forward import score_queries
+from editors.methods import make_method
 from editors.methods.grace import GRACE, Codebook
 from editors.methods.wise import ties_merge
-from editors.run import load_split, make_method
 from kebench_hf.cli import main
 
 NEW_METHODS = ("lora", "grace", "wise")

@@ -70,8 +70,8 @@ def test_a_changed_spec_changes_every_consumer(monkeypatch):
 
 
 def test_the_engine_reads_the_positions_compared_from_the_presets_query_table(monkeypatch):
+    from editors.methods import make_method
     from editors.presets import KEBENCH, VLKEB
-    from editors.run import make_method
 
     ft, ike = make_method("ft-llm", {}), make_method("ike", {})
     assert query_table(KEBENCH, ft) == query_table(KEBENCH, ike) == QUERIES  # every spec's own positions

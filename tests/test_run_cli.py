@@ -100,7 +100,7 @@ def test_every_model_family_runs_end_to_end(tiny_models, tiny_world, tmp_path):
         token = scores["token"]["scores"]
         assert all(token[name] is not None for name in ("reliability", "t_locality", "i_locality")), arch
         assert token["reliability"] > 0, f"{arch}: the edit must take hold on its own query"
-    assert families == set(ADAPTERS), "every registered family ran"
+    assert set(ADAPTERS) <= families, "every registered family ran"
 
 
 def test_shared_context_prefix_is_exact_in_every_family(tiny_models, tiny_world):

@@ -2,11 +2,16 @@
 
 To add a family: write ``editors/adapters/<family>.py`` with a :class:`ModelAdapter` subclass
 (usually a :class:`~editors.adapters.chat.ChatTemplateAdapter` naming its modules) and add it to
-``ADAPTERS`` below.
+``ADAPTERS`` below; or, outside this repository, publish it as a plugin: an entry point of group
+``kebench.adapters`` naming the class (``[project.entry-points."kebench.adapters"]``). A model_type
+with neither is served by the generic adapter (:mod:`editors.adapters.generic`) when it is an
+image-text-to-text model of transformers whose parts it can find.
 """
 
 from __future__ import annotations
 
+import logging
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +20,25 @@ from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.adapters.blip2 import Blip2Adapter
+from editors.adapters.gemma3 import Gemma3Adapter
+from editors.adapters.generic import HOW_TO_ADD, GenericAdapter, generic_adapter
 from editors.adapters.idefics3 import Idefics3Adapter
 from editors.adapters.llava import LlavaAdapter
 from editors.adapters.llava_next import LlavaNextAdapter
+from editors.adapters.llava_onevision import LlavaOnevisionAdapter
+from editors.adapters.minigpt4 import MiniGPT4Adapter
 from editors.adapters.qwen2_vl import Qwen2VLAdapter
+from editors.adapters.qwen3_vl import Qwen3VLAdapter
+
+logger = logging.getLogger(__name__)
+
+#: the entry-point group through which installed packages add adapters
+PLUGIN_GROUP = "kebench.adapters"
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     adapter.family: adapter
-    for adapter in (LlavaAdapter, Blip2Adapter, Qwen2VLAdapter, Idefics3Adapter, LlavaNextAdapter)
+    for adapter in (LlavaAdapter, Blip2Adapter, Qwen2VLAdapter, Idefics3Adapter, LlavaNextAdapter,
+                    LlavaOnevisionAdapter, Qwen3VLAdapter, Gemma3Adapter, MiniGPT4Adapter)
 }
 
 
@@ -42,13 +58,43 @@ def check_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def adapter_class(model_type: str) -> type[ModelAdapter]:
-    """The adapter handling ``config.model_type`` ``model_type``."""
-    for adapter in ADAPTERS.values():
-        if model_type in adapter.model_types:
+def plugin_adapters() -> dict[str, type[ModelAdapter]]:
+    """The adapters installed packages register in the ``kebench.adapters`` entry-point group, by
+    family (a plugin may not replace a family of ours; one that fails to load is a one-line error)."""
+    found: dict[str, type[ModelAdapter]] = {}
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            adapter = entry.load()
+        except Exception as error:  # noqa: BLE001 - a broken plugin is named, whatever it raised
+            raise ValueError(f"adapter plugin {entry.name!r} ({entry.value}) does not load: {error}") from None
+        if not (isinstance(adapter, type) and issubclass(adapter, ModelAdapter)):
+            raise ValueError(f"adapter plugin {entry.name!r} ({entry.value}) is not a ModelAdapter subclass")
+        if adapter.family in ADAPTERS:
+            logger.warning("adapter plugin %r: family %r is built in; the plugin is ignored", entry.name, adapter.family)
+            continue
+        found[adapter.family] = adapter
+    return found
+
+
+def _image_text_to_text_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+
+def adapter_class(model_type: str, config: Any = None) -> type[ModelAdapter]:
+    """The adapter handling ``config.model_type`` ``model_type``: ours, a plugin's, or the generic one
+    for transformers' other image-text-to-text models. With the ``config``, families sharing a
+    model_type (BLIP-2 and MiniGPT-4) are told apart; without it the first registered is taken."""
+    registered = {**plugin_adapters(), **ADAPTERS}
+    for adapter in registered.values():
+        if model_type in adapter.model_types and (config is None or adapter.handles(config)):
             return adapter
-    known = sorted(t for adapter in ADAPTERS.values() for t in adapter.model_types)
-    raise ValueError(f"no model adapter for model_type {model_type!r}; known model types: {', '.join(known)}")
+    if model_type in _image_text_to_text_types():
+        return generic_adapter(model_type)
+    known = sorted(t for adapter in registered.values() for t in adapter.model_types)
+    raise ValueError(f"no model adapter for model_type {model_type!r} (and it is not an image-text-to-text model "
+                     f"of transformers); known model types: {', '.join(known)}; {HOW_TO_ADD}")
 
 
 def adapter_for(model: nn.Module, processor: Any) -> ModelAdapter:
@@ -56,45 +102,55 @@ def adapter_for(model: nn.Module, processor: Any) -> ModelAdapter:
     config = getattr(model, "config", None)
     if config is None or not getattr(config, "model_type", None):
         raise ValueError(f"{type(model).__name__} has no config.model_type to choose a model adapter from")
-    return adapter_class(config.model_type)(model, processor)
+    return adapter_class(config.model_type, config)(model, processor)
 
 
-def model_family(model: str | Path) -> str:
-    """The adapter family of the model at ``model``, read from its config (no weights loaded)."""
+def load_config(source: str, trust_remote_code: bool = False) -> Any:
+    """The model's config; one that needs its repository's own code only with ``trust_remote_code``."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(model))
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"model {str(model)!r}: cannot load its config ({error})") from None
-    return adapter_class(config.model_type).family
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise ValueError(f"model {source!r} runs code from its own repository; pass --trust-remote-code "
+                             f"(trust_remote_code=True) if you trust it") from None
+        raise FileNotFoundError(f"model {source!r}: cannot load its config ({error})") from None
+    except OSError as error:
+        raise FileNotFoundError(f"model {source!r}: cannot load its config ({error})") from None
+
+
+def model_family(model: str | Path, trust_remote_code: bool = False) -> str:
+    """The adapter family of the model at ``model``, read from its config (no weights loaded)."""
+    config = load_config(str(model), trust_remote_code)
+    return adapter_class(config.model_type, config).family
 
 
 def load_adapter(
-    path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
 ) -> ModelAdapter:
-    """Load a model and its processor (local directory or hub id) and wrap them in their adapter."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    """Load a model and its processor (local directory or hub id) and wrap them in their adapter.
 
+    ``trust_remote_code`` lets a model whose repository ships its own code (``auto_map``) run it.
+    """
     device = check_device(device)
     source = str(path_or_hub_id)
     is_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
     if not Path(source).exists() and not is_hub_id:
         raise FileNotFoundError(f"model {source!r}: no such directory, and not a hub id (owner/name)")
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"model {source!r}: cannot load its config ({error})") from None
+    config = load_config(source, trust_remote_code)
     # Refuse an unknown family before loading any weights.
-    adapter = adapter_class(config.model_type)
+    adapter = adapter_class(config.model_type, config)
+    adapter.check_model(config)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}; e.g. float32, bfloat16, float16")
         dtype = getattr(torch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
+    model = adapter.load_model(source, dtype or torch.float32, trust_remote_code)
     model.to(device).eval()
-    load_processor = getattr(adapter, "load_processor", AutoProcessor.from_pretrained)
-    return adapter(model, load_processor(source))
+    return adapter(model, adapter.load_processor(source))
 
 
-__all__ = ["ADAPTERS", "EncodedBatch", "ModelAdapter", "Query", "adapter_class", "adapter_for", "load_adapter", "model_family"]
+__all__ = ["ADAPTERS", "PLUGIN_GROUP", "EncodedBatch", "GenericAdapter", "ModelAdapter", "Query", "adapter_class",
+           "adapter_for", "load_adapter", "load_config", "model_family", "plugin_adapters"]

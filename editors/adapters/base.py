@@ -84,6 +84,32 @@ class ModelAdapter(ABC):
     #: engine then runs the context with every query)
     supports_prefix_cache: ClassVar[bool] = True
 
+    @classmethod
+    def handles(cls, config: Any) -> bool:
+        """Whether this adapter serves a model of ``config`` (by default: one of its ``model_types``;
+        a family sharing a model_type with another tells them apart here)."""
+        return config.model_type in cls.model_types
+
+    @classmethod  # noqa: B027 - an optional hook, not an abstract method
+    def check_model(cls, config: Any) -> None:
+        """Refuse, from its config alone (before any weight is loaded), a model this adapter cannot serve
+        (by default: every model of the adapter's model_types is served)."""
+
+    @classmethod
+    def load_model(cls, source: str, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+        """The model's weights at ``source`` (a family outside ``AutoModelForImageTextToText``, e.g. a
+        remote-code causal LM, loads its own way)."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def load_processor(cls, source: str) -> Any:
+        """The processor saved with the model at ``source`` (local directory or hub id)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source)
+
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
         self.processor = processor
@@ -138,6 +164,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Final norm (and projection) + LM head applied to the last decoder layer's output."""
+
+    def last_hidden_states(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """``(rows, positions, hidden)``: the language model's last hidden states (after its final
+        norm) for the forward ``inputs``."""
+        return self.model(**inputs, output_hidden_states=True).hidden_states[-1]
 
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()

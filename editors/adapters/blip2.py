@@ -25,6 +25,11 @@ class Blip2Adapter(ChatTemplateAdapter):
     model_types = ("blip-2",)
     supports_prefix_cache = False
 
+    @classmethod
+    def handles(cls, config: Any) -> bool:
+        """BLIP-2 with OPT (a Llama text model is MiniGPT-4: ``editors.adapters.minigpt4``)."""
+        return super().handles(config) and config.text_config.model_type != "llama"
+
     def prompt(self, query: Query) -> str:
         return f"Question: {query.question} Answer:"
 
@@ -58,6 +63,10 @@ class Blip2Adapter(ChatTemplateAdapter):
         return self.model.language_model.generate(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **generation
         )
+
+    def last_hidden_states(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """BLIP-2 returns the language model's hidden states inside its ``language_model_outputs``."""
+        return self.model(**inputs, output_hidden_states=True).language_model_outputs.hidden_states[-1]
 
     def language_model(self) -> nn.Module:
         return self.model.language_model.model.decoder

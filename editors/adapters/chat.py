@@ -24,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+from editors.adapters.processors import load_processor
 
 #: processor outputs that hold one value per token; they are rebuilt for the assembled rows
 _PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -34,6 +35,8 @@ class ChatTemplateAdapter(ModelAdapter):
 
     #: text between the generation prompt and the answer
     answer_prefix: ClassVar[str] = " "
+    #: whether the processor takes images nested per prompt (an empty list for a text-only query)
+    images_per_prompt: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         super().__init__(model, processor)
@@ -44,9 +47,7 @@ class ChatTemplateAdapter(ModelAdapter):
     @classmethod
     def load_processor(cls, source: str) -> Any:
         """The processor saved with the model at ``source`` (local directory or hub id)."""
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(source)
+        return load_processor(source)
 
     # -- modules: a family names its language model and the rest follows ----------------------
     def language_model(self) -> nn.Module:
@@ -60,7 +61,12 @@ class ChatTemplateAdapter(ModelAdapter):
         return self.decoder_layers()[layer].mlp
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.language_model().norm(hidden_states))
+        return self.soft_capped(self.model.lm_head(self.language_model().norm(hidden_states)))
+
+    def soft_capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` through the text model's final soft cap where it has one (Gemma's)."""
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
         """LLaVA's reference FT trains ``mlp.up_proj.weight`` and ``mlp.down_proj.weight`` only."""
@@ -77,9 +83,12 @@ class ChatTemplateAdapter(ModelAdapter):
         )
 
     def processor_images(self, queries: list[Query]) -> Any:
-        """The queries' images in the layout this family's processor expects (flat by default)."""
-        images = [query.image.convert("RGB") for query in queries if query.image is not None]
-        return images or None
+        """The queries' images in the layout this family's processor expects (flat, or nested per prompt)."""
+        if all(query.image is None for query in queries):
+            return None
+        if self.images_per_prompt:
+            return [[query.image.convert("RGB")] if query.image is not None else [] for query in queries]
+        return [query.image.convert("RGB") for query in queries if query.image is not None]
 
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:
         pixels = self.processor.image_processor(

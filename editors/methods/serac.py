@@ -160,7 +160,7 @@ class SERAC(TrainedMethod):
         for start in range(0, len(queries), batch_size):
             chunk = [replace(query, context="") for query in queries[start : start + batch_size]]
             batch = adapter.encode(chunk).to(adapter.device)
-            hidden = adapter.model(**batch.inputs, output_hidden_states=True).hidden_states[-1]
+            hidden = adapter.last_hidden_states(batch.inputs)
             positions = torch.tensor([answer.start for answer in batch.answer_slices], device=hidden.device)
             states.append(F.normalize(hidden[torch.arange(len(chunk)), positions].float(), dim=-1))
         text = self.encoder([query.question for query in queries]).to(adapter.device)
