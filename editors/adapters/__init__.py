@@ -76,10 +76,11 @@ def load_adapter(
     """Load a model and its processor (local directory or hub id) and wrap them in their adapter."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    from kebench_hf.hub import is_hub_id
+
     device = check_device(device)
     source = str(path_or_hub_id)
-    is_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
-    if not Path(source).exists() and not is_hub_id:
+    if not Path(source).exists() and not is_hub_id(source):
         raise FileNotFoundError(f"model {source!r}: no such directory, and not a hub id (owner/name)")
     try:
         config = AutoConfig.from_pretrained(source)
