@@ -4,7 +4,8 @@
    (random weights, every real dimension: 7,063,427,072 parameters, built on the GPU in bfloat16):
    seconds per edit and peak GPU memory, from the run's ``run.json``.
 2. ``kebench bench`` on the GPU: the 7B shape (FT-LLM, bfloat16: the score difference is reported)
-   and the deep-narrow shape (FT-LLM and IKE, float32: scores checked).
+   and the deep-narrow shape (every registered method that needs no training, one step each,
+   float32: scores checked).
 
 ``python benchmarks/gpu_check.py --out DIR [--device cuda] [--shape llava-7b] [--limit 20]
 [--bench-limit 5]``. Each step appends to ``DIR/report.md`` as it finishes and copies its run's
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from editors.bench import run_bench, shape_model
+from editors.bench import bench_methods, run_bench, shape_model
 from editors.report import score_cells, table_columns
 from editors.run import run
 from editors.run_dir import RunSettings
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
          lambda: edit_run(args.out, args.shape, data, args.device, args.dtype, args.limit)),
         (f"kebench bench ft-llm, {args.shape}, {args.dtype}",
          lambda: run_bench(["ft-llm"], args.bench_limit, [args.shape], args.device, args.dtype, data)),
-        ("kebench bench ft-llm + ike, deep-narrow, float32",
-         lambda: run_bench(["ft-llm", "ike"], 2 * args.bench_limit, ["deep-narrow"], args.device, "float32", data)),
+        *((f"kebench bench {name}, deep-narrow, float32",
+           lambda name=name: run_bench([name], 2 * args.bench_limit, ["deep-narrow"], args.device, "float32", data))
+          for name in bench_methods()),
     ]
     failures = 0
     for title, step in steps:

@@ -38,7 +38,7 @@ from editors.cases import CaseSequence, EditCase, load_split
 from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions, ScoredCase, case_queries, case_seed
 from editors.forward import score_queries
-from editors.methods import make_method
+from editors.methods import make_method, method_names, method_spec
 from editors.methods.base import EditMethod
 from editors.presets import KEBENCH, Preset, get_preset
 from editors.queries import query_table
@@ -207,6 +207,17 @@ def measure(shape: str, adapter: ModelAdapter, method_name: str, cases: list[Edi
                        ref.cpu_seconds / n, our.peak_mib, ref.peak_mib, difference, our_scores)
 
 
+def bench_methods() -> list[str]:
+    """The registered methods the benchmark can time: those needing no training (a trained editor's
+    edit is timed after training it, which is no part of the reference-style loop's cost)."""
+    return [name for name in method_names() if not method_spec(name).trained]
+
+
+def _check_method(name: str) -> None:
+    if method_spec(name).trained:  # an unknown name: the registry's one-line error
+        raise ValueError(f"method {name!r} is trained; kebench bench times {', '.join(bench_methods())}")
+
+
 def _check_shape(shape: str) -> None:
     if shape != "tiny" and shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: tiny, {', '.join(SHAPES)}")
@@ -259,8 +270,11 @@ def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[st
 
     chosen = get_preset(preset)
     shapes = shapes or ["tiny", "deep-narrow"]
+    methods = methods or ["ft-llm", "ike"]
     for shape in shapes:  # before building anything
         _check_shape(shape)
+    for name in methods:
+        _check_method(name)
     check_device(device)
     torch_dtype = getattr(torch, dtype)
     data = data or default_world()
@@ -271,7 +285,7 @@ def run_bench(methods: list[str] | None = None, limit: int = 10, shapes: list[st
     measurements = []
     for shape in shapes:
         adapter = load_adapter(shape_model(shape, data, device, torch_dtype), device=device, dtype=torch_dtype)
-        for method_name in methods or ["ft-llm", "ike"]:
+        for method_name in methods:
             logger.info("bench: %s / %s on %d cases", shape, method_name, len(cases))
             measurements.append(measure(shape, adapter, method_name, cases, warm_up, train, chosen))
     return format_measurements(measurements)

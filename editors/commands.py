@@ -103,7 +103,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
         description="With no arguments: build (once, cached) the default world and tiny LLaVA, run every "
         "registered method on the test split and print the six scores per method, plus a PNG plot.",
     )
-    parser.add_argument("--method", help="editing method (ft-llm, ft-vision, ike, ...; none: the unedited model)")
+    parser.add_argument("--method", help="editing method (`kebench methods` lists them; none: the unedited model)")
     parser.add_argument("--model", help="model directory or hub id (default: the built-in tiny LLaVA)")
     parser.add_argument("--data", help="KEBench directory or hub dataset repo (default: the default world)")
     parser.add_argument("--config", help="dataset config: edit (default), multihop, edit_onehop")
@@ -118,7 +118,7 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
                              "counts the cases scored (the reference: 200). Several G: one run each in OUT/gap-G, "
                              "a table and curves (score against edits in the model) in OUT")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cases")
-    parser.add_argument("--editor", help="trained editor directory (KE, SERAC, MEND)")
+    parser.add_argument("--editor", help="editor directory of a trained method (made by `kebench train-editor`)")
     parser.add_argument("--out", help="run directory to write")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--no-generate", action="store_true", help="token protocol only (skip greedy generation)")
@@ -141,14 +141,13 @@ def _train_editor(args: argparse.Namespace) -> int:
     from editors.adapters import check_device, load_adapter
     from editors.cases import CaseSequence, load_split
     from editors.defaults import default_model
-    from editors.methods import make_method
-    from editors.methods.trained import TrainedMethod
+    from editors.methods import make_method, method_spec, trained_method_names
     from editors.runtime import seed_everything
     from kebench_hf.world import default_world
 
+    if not method_spec(args.method).trained:
+        raise ValueError(f"method {args.method!r} has nothing to train; trained methods: {', '.join(trained_method_names())}")
     method = make_method(args.method, _method_options(args.set or []))
-    if not isinstance(method, TrainedMethod):
-        raise ValueError(f"method {args.method!r} has nothing to train; trained methods: ke, mend, serac")
     check_device(args.device)  # before building the default world or model
     data = args.data or str(default_world())
     train = CaseSequence(load_split(data, "edit", "train"))
@@ -166,12 +165,12 @@ def _train_editor(args: argparse.Namespace) -> int:
 def _add_train_editor(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train-editor",
-        help="train a KE, SERAC or MEND editor on a KEBench train split (resumable) and save it",
+        help="train the editor of a trained method (KE, SERAC, MEND, ...) on a KEBench train split (resumable) and save it",
         description="Trains on the train split with validation on held-out train cases and early stopping; "
         "a checkpoint in OUT/checkpoint lets an interrupted run resume. Saves OUT/editor.safetensors + "
         "OUT/editor.json (config, base model identity, training report).",
     )
-    parser.add_argument("--method", required=True, choices=("ke", "mend", "serac"))
+    parser.add_argument("--method", required=True, help="a trained method (`kebench methods` lists them)")
     parser.add_argument("--model", help="model directory or hub id (default: the built-in tiny LLaVA)")
     parser.add_argument("--data", help="KEBench directory or hub dataset repo (default: the default world)")
     parser.add_argument("--out", required=True, help="editor directory to write")
@@ -196,8 +195,8 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench", help="our engine vs a loop run the reference's way: same scores, speed ratio, memory"
     )
-    parser.add_argument("--method", action="append", choices=("ft-llm", "ike", "ft-vision"),
-                        help="method(s) to time (default: ft-llm and ike)")
+    parser.add_argument("--method", action="append",
+                        help="method(s) to time, any that needs no training (default: ft-llm and ike)")
     parser.add_argument("--shape", action="append",
                         help="model shape(s): tiny, deep-narrow, llava-7b (random weights, all of LLaVA-1.5-7B's "
                              "dimensions: a GPU shape) (default: tiny and deep-narrow)")
@@ -236,7 +235,29 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_convert)
 
 
+def _methods(args: argparse.Namespace) -> int:
+    from editors.methods import method_names, method_spec
+
+    header = ("method", "trained", "sequential", "summary")
+    rows = [(spec.name, "yes" if spec.trained else "no", "yes" if spec.sequential else "no", spec.summary)
+            for spec in map(method_spec, method_names())]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(3)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    return 0
+
+
+def _add_methods(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "methods", help="list the registered editing methods: trained or not, sequential or not, what each does",
+        description="The registry of editors.methods, with the methods of installed packages (entry-point group "
+        "kebench.methods); docs/methods.md describes each and how to add one.",
+    )
+    parser.set_defaults(func=_methods)
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    _add_methods(subparsers)
     _add_pretrain(subparsers)
     _add_run(subparsers)
     _add_train_editor(subparsers)

@@ -11,12 +11,14 @@ Two savings live here, both exact (same logits as a plain forward):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
+from editors.losses import token_accuracy
 
 #: forward inputs with one value per token (sliced when a prefix comes from the KV cache)
 _PER_TOKEN_INPUTS = ("input_ids", "token_type_ids", "mm_token_type_ids", "position_ids")
@@ -39,8 +41,7 @@ class Readout:
 
     @property
     def answer_accuracy(self) -> float:
-        hits = sum(p == t for p, t in zip(self.answer_argmax, self.target_ids, strict=True))
-        return hits / len(self.target_ids)
+        return token_accuracy(self.answer_argmax, self.target_ids)
 
 
 def shared_prefix_length(adapter: ModelAdapter, batch: EncodedBatch) -> int:
@@ -80,11 +81,23 @@ def prefix_then_rows(
     return head.logits if keep_prefix_logits else None, adapter.model(**rest, cache=cache, use_cache=True).logits
 
 
+def full_logits(adapter: ModelAdapter, batch: EncodedBatch, weights: Mapping[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+    """``(rows, positions, vocab)``: the logits of every position of ``batch``, in one plain forward;
+    ``weights`` (``{parameter name: tensor}``) replace some of the model's functionally, nothing changed
+    in place (the trained editors' differentiable edits)."""
+    if not weights:
+        return adapter.model(**batch.inputs, use_cache=False).logits
+    inputs = {**batch.inputs, "use_cache": False}
+    return torch.func.functional_call(adapter.model, dict(weights), args=(), kwargs=inputs).logits
+
+
 def model_logits(adapter: ModelAdapter, batch: EncodedBatch) -> tuple[torch.Tensor, int]:
-    """``(logits, offset)``: logits of positions ``offset..`` of every row of ``batch``."""
+    """``(logits, offset)``: logits of positions ``offset..`` of every row of ``batch``, a prefix all
+    rows share run once (:func:`full_logits`' values, at a fraction of the cost)."""
     prefix = shared_prefix_length(adapter, batch)
     if prefix == 0:
-        return adapter.model(**batch.inputs, use_cache=False).logits, 0
+        return full_logits(adapter, batch), 0
     return prefix_then_rows(adapter, batch, prefix)[1], prefix
 
 
@@ -152,7 +165,7 @@ class TopLayers:
         ]
         try:
             with torch.no_grad():
-                self.initial_logits = adapter.model(**batch.inputs, use_cache=False).logits
+                self.initial_logits = full_logits(adapter, batch)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -182,4 +195,4 @@ class FullForward:
         self.batch = batch
 
     def logits(self) -> torch.Tensor:
-        return self.adapter.model(**self.batch.inputs, use_cache=False).logits
+        return full_logits(self.adapter, self.batch)

@@ -59,3 +59,16 @@ def answer_accuracy(logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[in
     """Mean over ``rows`` of their answers' :func:`token_accuracy` (a validation signal, not the metric)."""
     scores = answer_accuracies(logits, batch, rows)
     return sum(scores) / len(scores)
+
+
+def locality_kl(
+    pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]
+) -> torch.Tensor:
+    """Mean over ``rows`` of KL(pre || post) averaged over all the row's predicting positions."""
+    losses = []
+    for row in rows:
+        positions = batch.valid_positions[row]
+        pre = F.log_softmax(pre_logits[row, positions].float(), dim=-1)
+        post = F.log_softmax(post_logits[row, positions].float(), dim=-1)
+        losses.append(F.kl_div(post, pre, log_target=True, reduction="batchmean"))
+    return torch.stack(losses).mean()

@@ -47,13 +47,15 @@ from tqdm.auto import tqdm
 from editors.abilities import MissingAbilityError, shortfalls
 from editors.adapters import ModelAdapter, Query, load_adapter
 from editors.cases import CaseSequence, EditCase
-from editors.forward import prefix_then_rows, shared_prefix_length
+from editors.forward import full_logits, prefix_then_rows, shared_prefix_length
+from editors.losses import answer_accuracies
 from editors.methods.ike import case_demonstrations, in_context_prompt
 from editors.queries import spec
 from editors.tiny import BUILDERS, TinySpec, build_tiny_model
 from kebench_hf.construct.mmkg import KnowledgeGraph, read_mmkg
 from kebench_hf.construct.questions import image_subject, relation_noun, relation_question
 from kebench_hf.construct.report import Report
+from kebench_hf.hub import is_hub_id
 from kebench_hf.world import world_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def read_world(data_dir: str | Path) -> World:
     """The ``edit`` config's cases per split (images decoded) and the sibling ``kg/`` if present."""
     from kebench_hf.builder import load_kebench
 
-    if not Path(data_dir).exists() and str(data_dir).count("/") != 1:
+    if not Path(data_dir).exists() and not is_hub_id(str(data_dir)):
         raise FileNotFoundError(f"KEBench data {data_dir}: no such directory, and not a hub repo id (owner/name)")
     splits = load_kebench(data_dir, "edit")
     cases = {split: list(CaseSequence(rows)) for split, rows in splits.items()}
@@ -212,10 +214,7 @@ def answer_token_accuracy(adapter: ModelAdapter, queries: list[Query], batch_siz
     with torch.no_grad():
         for start in range(0, len(queries), batch_size):
             batch = adapter.encode(queries[start : start + batch_size]).to(adapter.device)
-            predicted = adapter.model(**batch.inputs).logits.argmax(-1)
-            for row, (span, target) in enumerate(zip(batch.answer_slices, batch.target_ids, strict=True)):
-                hits = predicted[row, span].cpu() == torch.tensor(target)
-                scores.append(hits.float().mean().item())
+            scores += answer_accuracies(full_logits(adapter, batch), batch, range(len(batch.target_ids)))
     return sum(scores) / len(scores)
 
 
@@ -251,7 +250,7 @@ def training_loss(adapter: ModelAdapter, queries: list[Query]) -> torch.Tensor:
             prefix_logits, logits = prefix_then_rows(adapter, batch, prefix, keep_prefix_logits=True)
             add("context", prefix_logits[0], ids[0, 1 : prefix + 1], weight=len(ids))
         else:
-            logits = adapter.model(**batch.inputs, use_cache=False).logits
+            logits = full_logits(adapter, batch)
         answers = torch.full(logits.shape[:2], -100, dtype=torch.long, device=ids.device)
         context = torch.full_like(answers, -100)
         for row, (span, target, valid) in enumerate(

@@ -22,7 +22,8 @@ from editors.abilities import check_model
 from editors.cases import CaseError, CaseSequence, EditCase, load_split
 from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions
-from editors.methods import EditMethod, make_method, method_names
+from editors.methods import make_method, method_names
+from editors.methods.base import EditMethod
 from editors.presets import Preset, get_preset, select_hop, without_portability
 from editors.queries import query_table
 from editors.report import plot_lifelong, plot_scores, running_scores, score_table

@@ -1,4 +1,4 @@
-"""What the trained editors (MEND, KE, SERAC) share: edit queries, losses, the gradient factors of an
+"""What the trained editors (MEND, KE, SERAC) share: edit queries, the gradient factors of an
 edit, the meta-training loop, and saving/loading editors bound to their base model.
 
 The loop is deliberately short: sample a train case, compute the method's training loss, step; every
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -28,6 +27,8 @@ from tqdm.auto import tqdm
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import EditCase
+from editors.forward import full_logits
+from editors.losses import answer_nll_row_mean
 from editors.methods.base import MethodConfig
 from editors.queries import trained_specs
 
@@ -78,41 +79,6 @@ def edit_condition(case: EditCase) -> str:
     return f"{case.pred} >> {case.alt} || {case.src}"
 
 
-# -- losses -------------------------------------------------------------------------------------------
-
-
-def answer_nll(logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]) -> torch.Tensor:
-    """Mean over ``rows`` of the mean negative log-likelihood of each row's answer tokens."""
-    losses = []
-    for row in rows:
-        targets = torch.tensor(batch.target_ids[row], device=logits.device)
-        losses.append(F.cross_entropy(logits[row, batch.answer_slices[row]].float(), targets))
-    return torch.stack(losses).mean()
-
-
-def locality_kl(
-    pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]
-) -> torch.Tensor:
-    """Mean over ``rows`` of KL(pre || post) averaged over all the row's predicting positions."""
-    losses = []
-    for row in rows:
-        positions = batch.valid_positions[row]
-        pre = F.log_softmax(pre_logits[row, positions].float(), dim=-1)
-        post = F.log_softmax(post_logits[row, positions].float(), dim=-1)
-        losses.append(F.kl_div(post, pre, log_target=True, reduction="batchmean"))
-    return torch.stack(losses).mean()
-
-
-def answer_accuracy(logits: torch.Tensor, batch: EncodedBatch, rows: Sequence[int]) -> float:
-    """Teacher-forced token accuracy of the answers of ``rows`` (validation signal, not the metric)."""
-    scores = []
-    for row in rows:
-        predicted = logits[row, batch.answer_slices[row]].argmax(-1).tolist()
-        target = batch.target_ids[row]
-        scores.append(sum(p == t for p, t in zip(predicted, target, strict=True)) / len(target))
-    return sum(scores) / len(scores)
-
-
 # -- what a trained editor edits and the gradient of an edit -----------------------------------------
 
 
@@ -142,13 +108,6 @@ def edited_weights(adapter: ModelAdapter, layers: Sequence[int]) -> dict[str, nn
     return weights
 
 
-def model_logits(adapter: ModelAdapter, batch: EncodedBatch, weights: Mapping[str, torch.Tensor] | None = None):
-    """Logits of the model, optionally with some weights replaced functionally (no in-place change)."""
-    if not weights:
-        return adapter.model(**batch.inputs).logits
-    return torch.func.functional_call(adapter.model, dict(weights), args=(), kwargs=batch.inputs).logits
-
-
 def gradient_factors(
     adapter: ModelAdapter, weights: Mapping[str, nn.Parameter], batch: EncodedBatch, rows: Sequence[int]
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
@@ -174,8 +133,8 @@ def gradient_factors(
         handles.append(modules[module_name].register_forward_hook(capture))
     try:
         with torch.enable_grad():
-            logits = model_logits(adapter, batch)
-            loss = answer_nll(logits, batch, rows)
+            logits = full_logits(adapter, batch)
+            loss = answer_nll_row_mean(logits, batch, rows)
             grads = torch.autograd.grad(loss, [outputs[name.removesuffix(".weight")] for name in weights])
     finally:
         for handle in handles:

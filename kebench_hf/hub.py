@@ -38,13 +38,23 @@ def hub_token(token: str | None = None) -> str:
     return token
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` is a hub repository id ``ORG/NAME`` (the hub's own validation): what a model
+    or data argument that names no local directory must be."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1
+
+
 def check_repo_id(repo_id: str) -> str:
     """``repo_id`` if it is a valid ``ORG/NAME``; a one-line ``ValueError`` otherwise."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
         raise ValueError(f"bad repository id {repo_id!r}: {str(error).splitlines()[0]}") from None
-    if repo_id.count("/") != 1:
+    if not is_hub_id(repo_id):
         raise ValueError(f"bad repository id {repo_id!r}: expected ORG/NAME")
     return repo_id
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from editors.bench import LLAVA_1_5_7B, shape_model
+from editors.bench import LLAVA_1_5_7B, bench_methods, shape_model
+from editors.methods import METHODS, method_names
 from editors.tiny import BUILDERS
 from kebench_hf.cli import main
 
@@ -56,6 +57,15 @@ def test_an_unknown_bench_shape_is_a_one_line_error(capsys):
     assert capsys.readouterr().err == "kebench: error: unknown shape 'huge'; known: tiny, deep-narrow, llava-7b\n"
 
 
+def test_the_bench_times_the_registered_methods_that_need_no_training(capsys):
+    assert bench_methods() == [name for name in method_names() if not METHODS[name].trained]
+    assert {"ft-llm", "ike"} <= set(bench_methods()) and "mend" not in bench_methods()
+    assert main(["bench", "--method", "mend"]) == 1
+    assert capsys.readouterr().err == f"kebench: error: method 'mend' is trained; kebench bench times {', '.join(bench_methods())}\n"
+    assert main(["bench", "--method", "nonesuch"]) == 1
+    assert "unknown editing method 'nonesuch'" in capsys.readouterr().err
+
+
 def test_the_gpu_check_script_runs_every_step(tiny_world, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "KEBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT)}
@@ -67,7 +77,7 @@ def test_the_gpu_check_script_runs_every_step(tiny_world, tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "FAILED" not in report
-    assert report.count("\n## ") == 3
+    assert report.count("\n## ") == 2 + len(bench_methods())  # a bench step per method needing no training
     assert f"| deep-narrow | {platform.machine()} | bfloat16 | 2 |" in report
     assert "| deep-narrow | ike | 2 |" in report
     info = json.loads((out / "deep-narrow-ft-llm-run.json").read_text())

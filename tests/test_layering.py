@@ -142,7 +142,7 @@ def test_the_reader_sees_every_kind_of_import():
     assert ("editors.commands", "editors.pretrain") in edges                     # inside a function
     assert ("kebench_hf.cli", "editors.commands") in edges                       # COMMAND_MODULES string
     assert ("editors.methods", "editors.methods.ft_llm") in edges                # METHODS registry string
-    assert ("editors.methods", "editors.methods.base") in edges                  # from editors.methods.base
+    assert ("editors.methods", "editors.methods.base") in edges                  # under TYPE_CHECKING
     assert ("kebench_hf.world.build", "kebench_hf.construct.pipeline") in edges  # from ..construct.pipeline
     assert ("kebench_hf.world", "kebench_hf.world.build") in edges               # from .build, in __init__
 

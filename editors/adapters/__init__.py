@@ -134,10 +134,11 @@ def load_adapter(
 
     ``trust_remote_code`` lets a model whose repository ships its own code (``auto_map``) run it.
     """
+    from kebench_hf.hub import is_hub_id
+
     device = check_device(device)
     source = str(path_or_hub_id)
-    is_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
-    if not Path(source).exists() and not is_hub_id:
+    if not Path(source).exists() and not is_hub_id(source):
         raise FileNotFoundError(f"model {source!r}: no such directory, and not a hub id (owner/name)")
     config = load_config(source, trust_remote_code)
     # Refuse an unknown family before loading any weights.

@@ -38,6 +38,7 @@ from torch import nn
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import CaseSequence, EditCase
 from editors.forward import Readout, TopLayers, model_logits, readouts, score_queries
+from editors.losses import answer_nll_token_mean
 
 _TRUE, _FALSE, _NONE = ("true", "1", "yes"), ("false", "0", "no"), ("none", "null")
 
@@ -253,16 +254,6 @@ def trainable(params: list[nn.Parameter]) -> Iterator[list[nn.Parameter]]:
             param.grad = None
 
 
-def answer_nll(logits: torch.Tensor, batch: EncodedBatch, offset: int = 0) -> torch.Tensor:
-    """Mean negative log-likelihood of the answer tokens (``logits`` start at position ``offset``)."""
-    losses = []
-    for row, (positions, targets) in enumerate(zip(batch.answer_slices, batch.target_ids, strict=True)):
-        row_logits = logits[row, positions.start - offset : positions.stop - offset].float()
-        target = torch.tensor(targets, device=logits.device)
-        losses.append(nn.functional.cross_entropy(row_logits, target, reduction="sum"))
-    return torch.stack(losses).sum() / sum(len(t) for t in batch.target_ids)
-
-
 def input_width(module: nn.Module) -> int:
     """The widest ``in_features`` among the linear layers of ``module``."""
     widths = [child.in_features for child in module.modules() if isinstance(child, nn.Linear)]
@@ -370,6 +361,6 @@ class FineTuneMethod(EditMethod):
         lr = self.config.lr
         if self.config.reference_width:
             lr *= self.config.reference_width / input_width(module)
-        fine_tune(params, lambda: answer_nll(model.logits(), batch), self.config.steps, lr, self.config.stop_loss,
+        fine_tune(params, lambda: answer_nll_token_mean(model.logits(), batch), self.config.steps, lr, self.config.stop_loss,
                   self.config.optimizer)
         return AppliedEdit(adapter, snapshot)

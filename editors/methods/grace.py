@@ -28,7 +28,8 @@ from torch import nn
 from editors.adapters.base import ModelAdapter
 from editors.cases import EditCase
 from editors.forward import TopLayers
-from editors.methods.base import AppliedEdit, EditMethod, MethodConfig, answer_nll, fine_tune
+from editors.losses import answer_nll_token_mean
+from editors.methods.base import AppliedEdit, EditMethod, MethodConfig, fine_tune
 from editors.training import mlp_output_projection
 
 
@@ -115,7 +116,7 @@ class GRACE(EditMethod):
             new = self.add_keys(queries, batch.target_ids[0])
             if new:
                 codebook.training = torch.rand(new, linear.out_features, device=codebook.keys.device)
-                fine_tune([codebook.training], lambda: answer_nll(model.logits(), batch), self.config.steps,
+                fine_tune([codebook.training], lambda: answer_nll_token_mean(model.logits(), batch), self.config.steps,
                           self.config.lr, self.config.stop_loss)
                 codebook.values = torch.cat([codebook.values, codebook.training.detach()])
         except BaseException:

@@ -22,13 +22,13 @@ from torch import nn
 from editors.adapters.base import ModelAdapter
 from editors.cases import EditCase
 from editors.forward import TopLayers
+from editors.losses import answer_nll_token_mean
 from editors.methods.base import (
     OPTIMIZERS,
     AppliedEdit,
     EditMethod,
     MethodConfig,
     WeightSnapshot,
-    answer_nll,
     fine_tune,
 )
 
@@ -123,7 +123,7 @@ class LoRA(EditMethod):
             for layer in layers:
                 layer.train()  # the adapter's dropout acts while it trains, as in EasyEdit
             try:
-                fine_tune(params, lambda: answer_nll(model.logits(), batch), self.config.steps, self.config.lr,
+                fine_tune(params, lambda: answer_nll_token_mean(model.logits(), batch), self.config.steps, self.config.lr,
                           self.config.stop_loss, self.config.optimizer)
             finally:
                 for layer in layers:

@@ -30,21 +30,19 @@ from torch import nn
 
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import EditCase
-from editors.forward import Readout, TopLayers, score_queries
+from editors.forward import Readout, TopLayers, full_logits, score_queries
+from editors.losses import answer_accuracy, answer_nll_row_mean
 from editors.methods.base import AppliedEdit
 from editors.methods.ike import in_context_prompt
 from editors.methods.trained import TrainedMethod
 from editors.queries import trained_specs
 from editors.training import (
     MetaTrainingConfig,
-    answer_accuracy,
-    answer_nll,
     edit_row,
     held_out_split,
     in_scope_queries,
     in_scope_rows,
     meta_train,
-    model_logits,
     trained_queries,
 )
 
@@ -188,13 +186,13 @@ class SERAC(TrainedMethod):
         def counterfactual_logits(case: EditCase):
             batch = adapter.encode([replace(q, context=edit_context(case)) for q in in_scope_queries(case)])
             batch = batch.to(adapter.device)
-            return model_logits(adapter, batch, self.editor.counterfactual_weights()), batch
+            return full_logits(adapter, batch, self.editor.counterfactual_weights()), batch
 
         def training_loss(case: EditCase) -> torch.Tensor:
             others = [sampler.randrange(len(cases)) for _ in range(self.config.negative_cases)]
             logits, labels = scope_logits(case, others)
             answers, batch = counterfactual_logits(case)
-            return F.binary_cross_entropy_with_logits(logits, labels) + answer_nll(answers, batch, range(len(batch.target_ids)))
+            return F.binary_cross_entropy_with_logits(logits, labels) + answer_nll_row_mean(answers, batch, range(len(batch.target_ids)))
 
         def validation_score(case: EditCase) -> float:
             with torch.no_grad():

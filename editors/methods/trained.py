@@ -24,22 +24,20 @@ from torch import nn
 
 from editors.adapters.base import ModelAdapter
 from editors.cases import CaseSequence, EditCase
+from editors.forward import full_logits
+from editors.losses import answer_accuracy, answer_nll_row_mean, locality_kl
 from editors.methods.base import AppliedEdit, EditMethod, WeightSnapshot
 from editors.training import (
     EDITOR_CONFIG,
     EditorFileError,
     MetaTrainingConfig,
-    answer_accuracy,
-    answer_nll,
     base_model_identity,
     check_base_model,
     edit_row,
     edited_weights,
     gradient_factors,
     in_scope_rows,
-    locality_kl,
     meta_train,
-    model_logits,
     out_of_scope_rows,
     read_editor,
     save_editor,
@@ -197,8 +195,8 @@ class WeightUpdateMethod(TrainedMethod):
     def training_loss(self, adapter: ModelAdapter, case: EditCase) -> torch.Tensor:
         batch = adapter.encode(trained_queries(case)).to(adapter.device)
         new_weights, unedited = self.edited(adapter, case, batch, (edit_row(),))
-        edited = model_logits(adapter, batch, new_weights)
-        return answer_nll(edited, batch, in_scope_rows()) + self.config.locality_weight * locality_kl(
+        edited = full_logits(adapter, batch, new_weights)
+        return answer_nll_row_mean(edited, batch, in_scope_rows()) + self.config.locality_weight * locality_kl(
             unedited, edited, batch, out_of_scope_rows()
         )
 
@@ -207,7 +205,7 @@ class WeightUpdateMethod(TrainedMethod):
         batch = adapter.encode(trained_queries(case)).to(adapter.device)
         with torch.no_grad():
             new_weights, unedited = self.edited(adapter, case, batch, (edit_row(),))
-            edited = model_logits(adapter, batch, new_weights)
+            edited = full_logits(adapter, batch, new_weights)
         agreement = [
             (edited[row, batch.valid_positions[row]].argmax(-1) == unedited[row, batch.valid_positions[row]].argmax(-1))
             .float()

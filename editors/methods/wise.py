@@ -37,7 +37,8 @@ from torch import nn
 from editors.adapters.base import EncodedBatch, ModelAdapter, Query
 from editors.cases import CaseSequence, EditCase
 from editors.forward import Readout, TopLayers
-from editors.methods.base import AppliedEdit, EditMethod, MethodConfig, answer_nll
+from editors.losses import answer_nll_token_mean
+from editors.methods.base import AppliedEdit, EditMethod, MethodConfig
 from editors.training import mlp_output_projection, out_of_scope_rows, trained_queries
 
 
@@ -271,7 +272,7 @@ class WISE(EditMethod):
         optimizer = torch.optim.SGD([delta], lr=config.lr, weight_decay=config.weight_decay)
 
         def losses() -> tuple[torch.Tensor, torch.Tensor]:
-            nll = answer_nll(edit_model.logits(), batch)
+            nll = answer_nll_token_mean(edit_model.logits(), batch)
             inside = router.forced_scores[0]
             margins = []
             for model in outside:
