@@ -138,6 +138,12 @@ class ModelAdapter(ABC):
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Final norm (and projection) + LM head applied to the last decoder layer's output."""
 
+    def image_tokens(self) -> int:
+        """Positions one image takes in a row (what ``kebench plan`` sizes activations with): by
+        default a ViT's patch grid, read from the config."""
+        vision = self.model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 

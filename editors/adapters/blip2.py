@@ -25,6 +25,9 @@ class Blip2Adapter(ChatTemplateAdapter):
     model_types = ("blip-2",)
     supports_prefix_cache = False
 
+    def image_tokens(self) -> int:
+        return self.model.config.num_query_tokens
+
     def prompt(self, query: Query) -> str:
         return f"Question: {query.question} Answer:"
 
