@@ -7,6 +7,7 @@ To add a family: write ``editors/adapters/<family>.py`` with a :class:`ModelAdap
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,28 @@ def model_family(model: str | Path) -> str:
     return adapter_class(config.model_type).family
 
 
+def parse_max_memory(text: str) -> dict[int | str, int | str]:
+    """``--max-memory 0=20GiB,1=20GiB,cpu=60GiB`` -> accelerate's ``max_memory`` (GPU indices and plain
+    byte counts as ints)."""
+    limits: dict[int | str, int | str] = {}
+    for part in text.split(","):
+        device, sep, size = part.partition("=")
+        device, size = device.strip(), size.strip()
+        if not sep or not device or not size:
+            raise ValueError(f"--max-memory expects DEVICE=SIZE[,DEVICE=SIZE...] (e.g. 0=20GiB,cpu=60GiB), got {text!r}")
+        limits[int(device) if device.isdigit() else device] = int(size) if size.isdigit() else size
+    return limits
+
+
 def load_adapter(
-    path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, Any] | None = None, max_memory: dict[int | str, int | str] | None = None,
 ) -> ModelAdapter:
-    """Load a model and its processor (local directory or hub id) and wrap them in their adapter."""
+    """Load a model and its processor (local directory or hub id) and wrap them in their adapter.
+
+    ``device_map`` (``"auto"`` or accelerate's ``{module name: device}``, ``max_memory`` bounding
+    each device) spreads a model larger than one device over the GPUs, the CPU and the disk; the
+    adapter's :attr:`~ModelAdapter.device` is then where the input embeddings live."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     device = check_device(device)
@@ -91,10 +110,20 @@ def load_adapter(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}; e.g. float32, bfloat16, float16")
         dtype = getattr(torch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
-    model.to(device).eval()
+    if device_map is None:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or torch.float32)
+        model.to(device)
+    else:
+        from kebench_hf.paths import cache_dir
+
+        offload = cache_dir() / "offload" / hashlib.sha256(source.encode()).hexdigest()[:16]
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=dtype or torch.float32, device_map=device_map, max_memory=max_memory, offload_folder=str(offload)
+        )
+    model.eval()
     load_processor = getattr(adapter, "load_processor", AutoProcessor.from_pretrained)
     return adapter(model, load_processor(source))
 
 
-__all__ = ["ADAPTERS", "EncodedBatch", "ModelAdapter", "Query", "adapter_class", "adapter_for", "load_adapter", "model_family"]
+__all__ = ["ADAPTERS", "EncodedBatch", "ModelAdapter", "Query", "adapter_class", "adapter_for", "load_adapter", "model_family",
+           "parse_max_memory"]

@@ -149,4 +149,12 @@ class ModelAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the input embeddings (the first layer), also when a
+        ``device_map`` spreads the model over several devices (accelerate's hooks move the rest)."""
+        device = self.input_embeddings().weight.device
+        if device.type != "meta":
+            return device
+        # offloaded to the disk: accelerate runs it on the map's first device
+        placement = getattr(self.model, "hf_device_map", {})
+        first = next((where for where in placement.values() if where not in ("disk", "meta")), "cpu")
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
