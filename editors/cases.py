@@ -176,3 +176,28 @@ def load_split(data: str | os.PathLike, config: str, split: str) -> datasets.Dat
         if "split" not in str(error).lower():
             raise
         raise ValueError(f"data {data}: config {config!r} has no split {split!r} ({error})") from None
+
+
+def stream_split(data: str | os.PathLike, config: str, split: str) -> tuple[datasets.IterableDataset, int | None]:
+    """One split of an exported KEBench dataset (a local ``kebench export`` directory or a hub repo of
+    one) read as a stream, ``load_dataset(..., streaming=True)``: rows arrive a Parquet batch at a
+    time, images undecoded; and its number of cases, from the card's split sizes (None if it has none)."""
+    from pathlib import Path
+
+    from kebench_hf.builder import _is_exported
+
+    source = str(data)
+    if Path(source).exists() and not _is_exported(Path(source)):
+        raise ValueError(f"data {source}: --streaming reads an exported dataset (kebench export) or a hub repo "
+                         "of one; this is a release-layout directory")
+    try:
+        info = datasets.load_dataset_builder(source, config).info
+        stream = datasets.load_dataset(source, config, split=split, streaming=True)
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"data {source}: config {config!r} split {split!r} cannot be streamed ({error})") from None
+    sizes = info.splits or {}
+    total = sizes[split].num_examples if split in sizes else None
+    for name in _IMAGES:
+        if stream.features is not None and name in stream.features:
+            stream = stream.cast_column(name, datasets.Image(decode=False))
+    return stream, total

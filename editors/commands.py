@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from kebench_hf.constants import MODEL_DTYPES
 
@@ -72,12 +73,17 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ValueError("--out RUN_DIR is required with --method")
+    if args.processes is not None and args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        from editors.parallel import launch
+
+        return launch(args.processes, ["run", *_run_arguments(args)])
     settings = RunSettings(
         method=args.method, out=Path(args.out), model=args.model, data=args.data, config=args.config or "edit",
         split=args.split or "test", limit=args.limit, device=args.device or "cpu", dtype=args.dtype or "float32",
         sequential=args.sequential or 1, resume=args.resume, editor=Path(args.editor) if args.editor else None,
         seed=args.seed or 0, generate=not args.no_generate, method_options=_method_options(args.set or []),
         preset=args.preset or "kebench", hop=args.hop, trust_remote_code=args.trust_remote_code,
+        device_map=args.device_map, max_memory=args.max_memory, streaming=args.streaming,
     )
     if args.sequential_gap:
         root = runs.lifelong(settings, args.sequential_gap)
@@ -85,15 +91,35 @@ def _run(args: argparse.Namespace) -> int:
         print(f"one run per gap in {root}/gap-G; table and curves: {root / runs.LIFELONG_TABLE}, {root / runs.LIFELONG_PLOT}")
         return 0
     scores = runs.run(settings)
+    if not scores:  # a process of several other than the main one: the main one reports
+        return 0
     print(score_table({args.method: scores}, "token"))
     print(score_table({args.method: scores}, "generate"))
     print(f"predictions, scores.json and run.json in {args.out}")
     return 0
 
 
+def _run_arguments(args: argparse.Namespace) -> list[str]:
+    """The ``kebench run`` options of ``args`` as command-line arguments (for the launched processes)."""
+    arguments: list[str] = []
+    for name in _RUN_OPTIONS:
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if value is None or value is False or name == "processes":
+            continue
+        if value is True:
+            arguments.append(flag)
+        elif name == "set":
+            arguments += [part for pair in value for part in (flag, pair)]
+        elif isinstance(value, list):
+            arguments += [flag, *map(str, value)]
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
 _RUN_OPTIONS = ("method", "model", "data", "config", "split", "limit", "device", "dtype", "sequential",
                 "sequential_gap", "resume", "editor", "out", "seed", "no_generate", "set", "preset", "hop",
-                "trust_remote_code")
+                "trust_remote_code", "processes", "device_map", "max_memory", "streaming")
 
 
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
@@ -132,6 +158,16 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
                              "every metric (the reference's one run per hop)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let a model whose repository ships its own code (auto_map) run it; recorded in run.json")
+    parser.add_argument("--streaming", action="store_true",
+                        help="read the split as a stream (an exported dataset or hub repo): one case's images in "
+                             "memory at a time")
+    parser.add_argument("--device-map", choices=("auto",),
+                        help="a model larger than one device: spread over the GPUs, the CPU and the disk (accelerate)")
+    parser.add_argument("--max-memory", metavar="DEVICE=SIZE,...",
+                        help="with --device-map: each device's bound, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="edit the cases in N processes (accelerate's launcher: one per GPU with --device cuda, "
+                             "else on the CPU, gloo); the same as `accelerate launch -m kebench_hf.cli run ...`")
     parser.set_defaults(func=_run)
 
 
@@ -256,6 +292,35 @@ def _add_methods(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_methods)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from editors.plan import Workload, parse_memory, plan
+
+    memory = parse_memory(args.gpu_memory) if args.gpu_memory else None
+    given = {"rows": args.rows, "query_tokens": args.query_tokens, "context_tokens": args.context_tokens,
+             "image_tokens": args.image_tokens}
+    workload = Workload(**{name: value for name, value in given.items() if value is not None})
+    print(plan(args.model, args.method, args.dtype, workload).format(memory))
+    return 0
+
+
+def _add_plan(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="expected peak GPU memory of a method on a model, from its config alone (no weights)",
+        description="Builds the model on the meta device and counts the weights and each phase of an edit "
+        "(pre-edit pass, edit, post-edit pass); docs/models.md says what the terms assume.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="model directory, hub id, or an offline shape: llava-1.5-7b, blip2-opt-2.7b, qwen2-vl-7b")
+    parser.add_argument("--method", required=True, help="editing method (ft-llm, ft-vision, ike, mend, ke, serac, none)")
+    parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES, help="model dtype (default float32)")
+    parser.add_argument("--gpu-memory", help="the GPU's memory (e.g. 80GiB, 24GB): say whether the run fits")
+    parser.add_argument("--rows", type=int, help="queries of a case scored in one batch (default 6)")
+    parser.add_argument("--query-tokens", type=int, help="text tokens of the longest query (default 48)")
+    parser.add_argument("--context-tokens", type=int, help="tokens of IKE's longest in-context prompt (default 1024)")
+    parser.add_argument("--image-tokens", type=int, help="positions per image (default: the model's)")
+    parser.set_defaults(func=_plan)
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_methods(subparsers)
     _add_pretrain(subparsers)
@@ -263,3 +328,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_train_editor(subparsers)
     _add_bench(subparsers)
     _add_convert(subparsers)
+    _add_plan(subparsers)

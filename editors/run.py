@@ -16,19 +16,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 
 from editors.abilities import check_model
-from editors.cases import CaseError, CaseSequence, EditCase, load_split
+from editors.cases import CaseError, CaseSequence, EditCase, case_from_row, load_split, stream_split
 from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions
 from editors.methods import make_method, method_names
 from editors.methods.base import EditMethod
+from editors.parallel import ProcessGroup
 from editors.presets import Preset, get_preset, select_hop, without_portability
 from editors.queries import query_table
 from editors.report import plot_lifelong, plot_scores, running_scores, score_table
 from editors.run_dir import PREDICTIONS_PARQUET, Run, RunSettings
-from editors.runtime import reset_peak_memory, seed_everything
+from editors.runtime import peak_memory_mib, reset_peak_memory, seed_everything
 from kebench_hf.constants import MODEL_DTYPES
 from kebench_hf.world import default_world
 
@@ -71,6 +73,22 @@ def _cases(rows: Any, skip: set[str]) -> Iterator[tuple[str, EditCase | CaseErro
             yield case_id, error
 
 
+def _streamed_cases(rows: Any, skip: set[str], seen: list[dict[str, Any]]) -> Iterator[tuple[str, EditCase | CaseError]]:
+    """The cases of a streamed split, one row in memory at a time; each row's fingerprinted fields
+    (text, no image) are kept in ``seen``."""
+    from kebench_hf.builder import FINGERPRINT_COLUMNS
+
+    for row in rows:
+        case_id = str(row.get("case_id", "?"))
+        seen.append({name: row[name] for name in FINGERPRINT_COLUMNS if name in row})
+        if case_id in skip:
+            continue
+        try:
+            yield case_id, case_from_row(row)
+        except CaseError as error:
+            yield case_id, error
+
+
 def check_settings(settings: RunSettings) -> EditMethod:
     """Refuse bad settings with one line before any world or model is built; the method as named."""
     from editors.adapters import check_device
@@ -97,23 +115,42 @@ def check_settings(settings: RunSettings) -> EditMethod:
 
 
 def run(settings: RunSettings) -> dict[str, Any]:
-    """Run ``settings.method`` and write the run directory; returns ``{"token": ..., "generate": ...}`` scores."""
-    from editors.adapters import load_adapter, model_family
+    """Run ``settings.method`` and write the run directory; returns ``{"token": ..., "generate": ...}`` scores.
+
+    Launched in several processes (:mod:`editors.parallel`), each edits its share of the cases into its
+    own shard; the main process merges them, scores and writes the run directory as one process does,
+    and returns the scores (the others return ``{}``)."""
+    from editors.adapters import load_adapter, model_family, parse_max_memory
 
     check_settings(settings)
-    run_dir = Run(settings)  # a run already there without --resume: refused before anything is built
+    group = ProcessGroup.current(settings.device)
+    if group.count > 1 and (settings.sequential_gap is not None or settings.sequential > 1):
+        raise ValueError("--sequential and --sequential-gap edit cases in order on one model: run them in one process")
+    if group.count > 1 and settings.device_map is not None:
+        raise ValueError("--device-map spreads one model over the devices; --processes gives each process its own")
+    run_dir = Run(settings, group.index, group.count)  # a run already there without --resume: refused before anything is built
+    group.wait()  # every process has looked before any writes
     preset = get_preset(settings.preset)
     gap = settings.sequential_gap
     data = str(settings.data) if settings.data else str(default_world())
-    rows = load_split(data, settings.config, settings.split)
-    if gap is None:
-        # --limit before the hop filter, as the reference's CaptionDataset(size=...)
-        rows = preset_rows(limited(rows, settings.limit), preset, settings.hop)
+    if settings.streaming:
+        if gap is not None or settings.hop is not None or group.count > 1:
+            raise ValueError("--streaming reads the split once, in order, in one process: not with --sequential-gap, "
+                             "--hop or --processes")
+        rows, scored = stream_split(data, settings.config, settings.split)
+        if settings.limit is not None:
+            rows, scored = rows.take(settings.limit), min(settings.limit, scored or settings.limit)
+        rows = preset_rows(rows, preset, None)
     else:
-        # the reference's sequential run filters the whole file by hop, then edits test_num + gap
-        # cases of it (test_sequential_editing.py): --limit counts the cases scored
-        rows = limited(preset_rows(rows, preset, settings.hop), None if settings.limit is None else settings.limit + gap)
-    scored = len(rows) if gap is None else min(settings.limit or len(rows), len(rows) - gap)
+        rows = load_split(data, settings.config, settings.split)
+        if gap is None:
+            # --limit before the hop filter, as the reference's CaptionDataset(size=...)
+            rows = preset_rows(limited(rows, settings.limit), preset, settings.hop)
+        else:
+            # the reference's sequential run filters the whole file by hop, then edits test_num + gap
+            # cases of it (test_sequential_editing.py): --limit counts the cases scored
+            rows = limited(preset_rows(rows, preset, settings.hop), None if settings.limit is None else settings.limit + gap)
+        scored = len(rows) if gap is None else min(settings.limit or len(rows), len(rows) - gap)
     if gap is not None and scored < 1:
         raise ValueError(f"--sequential-gap {gap} needs more than {gap} cases; the split has {len(rows)}")
     try:
@@ -128,20 +165,37 @@ def run(settings: RunSettings) -> dict[str, Any]:
         raise ValueError(f"preset {preset.name!r}: the reference's FT runs the model in float32, not {settings.dtype}")
 
     seed_everything(settings.seed)
-    reset_peak_memory(settings.device)
-    adapter = load_adapter(model, device=settings.device, dtype=getattr(torch, settings.dtype),
+    device = group.device(settings.device)
+    reset_peak_memory(device)
+    adapter = load_adapter(model, device=device, dtype=getattr(torch, settings.dtype), device_map=settings.device_map,
+                           max_memory=parse_max_memory(settings.max_memory) if settings.max_memory else None,
                            trust_remote_code=settings.trust_remote_code)
     adapter.form = preset.prompt_form(method, family)
     started = time.perf_counter()
-    method.prepare(adapter, CaseSequence(train), settings.editor)
+    with group.main_first():  # a trained editor: trained (and cached) once, by the main process
+        method.prepare(adapter, CaseSequence(train), settings.editor)
     done = run_dir.begin(model, data, prepare_seconds=time.perf_counter() - started)
     engine = Engine(adapter, method, EngineOptions(generate=settings.generate, seed=settings.seed, config=settings.config,
                                                    queries=query_table(preset, method)))
-    if gap is None:
-        results = engine.run(_cases(rows, done), sequential=settings.sequential)
-    else:
-        results = engine.run_gap(list(_cases(rows, set())), gap, scored)
-    run_dir.append(results, total=scored)
+    if gap is not None:
+        run_dir.append(engine.run_gap(list(_cases(rows, set())), gap, scored), total=scored)
+        return run_dir.finish(adapter, method, rows)
+    if settings.streaming:
+        seen: list[dict[str, Any]] = []
+        run_dir.append(engine.run(_streamed_cases(rows, done, seen), sequential=settings.sequential), total=scored)
+        # the split as run, without its images: the order of the cases and the dataset's fingerprint
+        return run_dir.finish(adapter, method, datasets.Dataset.from_list(seen))
+    mine = group.share(rows["case_id"])
+    others = set(rows["case_id"]) - set(mine)
+    run_dir.append(engine.run(_cases(rows, done | others), sequential=settings.sequential), total=len(mine),
+                   initial=len(done.intersection(mine)))
+    if group.count == 1:
+        return run_dir.finish(adapter, method, rows)
+    run_dir.close_shard(len(mine), peak_memory_mib(device))
+    group.wait()
+    if not group.is_main:
+        return {}
+    run_dir.merge_shards(rows)
     return run_dir.finish(adapter, method, rows)
 
 

@@ -39,6 +39,8 @@ PREDICTIONS_JSONL = "predictions.jsonl"
 PREDICTIONS_PARQUET = "predictions.parquet"
 SCORES = "scores.json"
 RUN_INFO = "run.json"
+#: a run of several processes: each process's predictions and timing until the main one merges them
+SHARDS = "shards"
 
 
 @dataclass
@@ -70,6 +72,12 @@ class RunSettings:
     hop: int | None = None
     #: let a model whose repository ships its own code run it (``--trust-remote-code``)
     trust_remote_code: bool = False
+    #: accelerate's device map (``auto``) for a model larger than one device, and each device's bound
+    #: (``0=20GiB,cpu=60GiB``); None: the whole model on ``device``
+    device_map: str | None = None
+    max_memory: str | None = None
+    #: read the split with ``load_dataset(..., streaming=True)`` (an exported dataset or hub repo)
+    streaming: bool = False
 
     @property
     def protocols(self) -> list[str]:
@@ -109,11 +117,15 @@ class Run:
     the scores and ``run.json``.
     """
 
-    def __init__(self, settings: RunSettings) -> None:
+    def __init__(self, settings: RunSettings, process: int = 0, processes: int = 1) -> None:
         self.settings = settings
         self.out = Path(settings.out)
         self.jsonl = self.out / PREDICTIONS_JSONL
-        if self.jsonl.exists() and not settings.resume:
+        self.process, self.processes = process, processes
+        #: where this process appends its cases: the run's file, or its shard in a run of several
+        self.sink = self.jsonl if processes == 1 else self.out / SHARDS / f"predictions-{process}.jsonl"
+        started = self.jsonl.exists() or any((self.out / SHARDS).glob("predictions-*.jsonl"))
+        if started and not settings.resume:
             raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         #: the model and data the run edits (the defaults resolved), recorded in run.json
         self.model = str(settings.model) if settings.model else None
@@ -125,19 +137,32 @@ class Run:
         self.edit_seconds: list[float] = []
 
     def begin(self, model: str, data: str, prepare_seconds: float) -> set[str]:
-        """Create the directory and read the cases finished before (a torn last line is dropped from
-        the file before anything is appended); returns their ids."""
+        """Create the directory and read the cases finished before, by any process of any session (a
+        torn last line is dropped from this process's file before anything is appended); returns their ids."""
         self.model, self.data, self.prepare_seconds = model, data, prepare_seconds
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.done = finished_cases(self.jsonl)
-        _rewrite_jsonl(self.jsonl, self.done)
+        self.sink.parent.mkdir(parents=True, exist_ok=True)
+        self.done = self._finished()
+        if self.processes == 1:  # (an interrupted run of several processes resumed by one: its shards join the file)
+            _rewrite_jsonl(self.jsonl, self.done)
+            self._remove_shards()
+        else:
+            _rewrite_jsonl(self.sink, finished_cases(self.sink))
+        self.started = time.perf_counter()
         return set(self.done)
 
-    def append(self, results: Iterable[CaseResult], total: int) -> None:
+    def _finished(self) -> dict[str, dict[str, Any]]:
+        done = finished_cases(self.jsonl)
+        for shard in sorted((self.out / SHARDS).glob("predictions-*.jsonl")):
+            done.update(finished_cases(shard))
+        return done
+
+    def append(self, results: Iterable[CaseResult], total: int, initial: int | None = None) -> None:
         """Write each case's record as it finishes (flushed to disk), with its seconds; shows progress
-        out of ``total`` cases."""
-        progress = tqdm(total=total, initial=len(self.done), desc=self.settings.method, unit="edit", disable=None)
-        with self.jsonl.open("a") as sink:
+        out of ``total`` cases, ``initial`` of them done before (default: every finished case)."""
+        initial = len(self.done) if initial is None else initial
+        progress = tqdm(total=total, initial=initial, desc=self.settings.method, unit="edit",
+                        disable=None if self.process == 0 else True, position=self.process)
+        with self.sink.open("a") as sink:
             last = time.perf_counter()
             for result in results:
                 now = time.perf_counter()
@@ -152,6 +177,30 @@ class Run:
                     self.edit_seconds.append(seconds)
                 progress.update(1)
         progress.close()
+
+    def close_shard(self, cases: int, peak_memory: float) -> None:
+        """A process of several: record its cases, wall time and peak memory for the merge."""
+        about = {"process": self.process, "cases": cases, "seconds": time.perf_counter() - self.started,
+                 "peak_memory_mib": peak_memory, "device": self.settings.device}
+        (self.out / SHARDS / f"time-{self.process}.json").write_text(json.dumps(about) + "\n")
+
+    def merge_shards(self, rows: Any) -> None:
+        """The main process, once every process is done: every shard's cases into predictions.jsonl in
+        the split's order, the shards' timing kept for run.json, the shard files removed."""
+        self.done = self._finished()
+        order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
+        ordered = sorted(self.done.values(), key=lambda record: order.get(record["case_id"], len(order)))
+        _rewrite_jsonl(self.jsonl, {record["case_id"]: record for record in ordered})
+        self.shard_times = sorted((json.loads(path.read_text()) for path in (self.out / SHARDS).glob("time-*.json")),
+                                  key=lambda about: about["process"])
+        self._remove_shards()
+
+    def _remove_shards(self) -> None:
+        shards = self.out / SHARDS
+        if shards.is_dir():
+            for path in [*shards.glob("predictions-*.jsonl"), *shards.glob("time-*.json")]:
+                path.unlink()
+            shards.rmdir()
 
     def records(self, rows: Any) -> list[dict[str, Any]]:
         """The finished cases of ``rows`` (the split as run), in its order."""
@@ -219,6 +268,7 @@ class Run:
             "config": settings.config,
             "split": settings.split,
             "limit": settings.limit,
+            "streaming": settings.streaming,
             "dataset_fingerprint": fingerprint,
             "sequential": settings.sequential,
             "edit_protocol": self.edit_protocol(rows, records),
@@ -232,6 +282,7 @@ class Run:
                 "differ_from_in_context": sum(adapter.reference_targets.values()),
             },
             "device": settings.device,
+            "device_map": getattr(adapter.model, "hf_device_map", None),
             "device_name": device_name(settings.device),
             "dtype": settings.dtype,
             "seed": settings.seed,
@@ -242,6 +293,8 @@ class Run:
             "seconds_per_edit": float(np.mean(all_seconds)) if all_seconds else None,
             "seconds_per_edit_this_session": float(np.mean(self.edit_seconds)) if self.edit_seconds else None,
             "prepare_seconds": self.prepare_seconds,
+            "processes": self.processes,
+            "shards": getattr(self, "shard_times", []),
             "peak_memory_mib": peak_memory_mib(settings.device),
             "versions": {
                 "kebench_hf": kebench_hf.__version__,

@@ -10,6 +10,7 @@ image-text-to-text model of transformers whose parts it can find.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -126,14 +127,30 @@ def model_family(model: str | Path, trust_remote_code: bool = False) -> str:
     return adapter_class(config.model_type, config).family
 
 
+def parse_max_memory(text: str) -> dict[int | str, int | str]:
+    """``--max-memory 0=20GiB,1=20GiB,cpu=60GiB`` -> accelerate's ``max_memory`` (GPU indices and plain
+    byte counts as ints)."""
+    limits: dict[int | str, int | str] = {}
+    for part in text.split(","):
+        device, sep, size = part.partition("=")
+        device, size = device.strip(), size.strip()
+        if not sep or not device or not size:
+            raise ValueError(f"--max-memory expects DEVICE=SIZE[,DEVICE=SIZE...] (e.g. 0=20GiB,cpu=60GiB), got {text!r}")
+        limits[int(device) if device.isdigit() else device] = int(size) if size.isdigit() else size
+    return limits
+
+
 def load_adapter(
     path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> ModelAdapter:
     """Load a model and its processor (local directory or hub id) and wrap them in their adapter.
 
     ``trust_remote_code`` lets a model whose repository ships its own code (``auto_map``) run it.
-    """
+    ``device_map`` (``"auto"`` or accelerate's ``{module name: device}``, ``max_memory`` bounding
+    each device) spreads a model larger than one device over the GPUs, the CPU and the disk; the
+    adapter's :attr:`~ModelAdapter.device` is then where the input embeddings live."""
     from kebench_hf.hub import is_hub_id
 
     device = check_device(device)
@@ -148,10 +165,18 @@ def load_adapter(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}; e.g. float32, bfloat16, float16")
         dtype = getattr(torch, dtype)
-    model = adapter.load_model(source, dtype or torch.float32, trust_remote_code)
-    model.to(device).eval()
+    if device_map is None:
+        model = adapter.load_model(source, dtype or torch.float32, trust_remote_code)
+        model.to(device)
+    else:
+        from kebench_hf.paths import cache_dir
+
+        offload = cache_dir() / "offload" / hashlib.sha256(source.encode()).hexdigest()[:16]
+        model = adapter.load_model(source, dtype or torch.float32, trust_remote_code, device_map=device_map,
+                                   max_memory=max_memory, offload_folder=str(offload))
+    model.eval()
     return adapter(model, adapter.load_processor(source))
 
 
 __all__ = ["ADAPTERS", "PLUGIN_GROUP", "EncodedBatch", "GenericAdapter", "ModelAdapter", "Query", "adapter_class",
-           "adapter_for", "load_adapter", "load_config", "model_family", "plugin_adapters"]
+           "adapter_for", "load_adapter", "load_config", "model_family", "parse_max_memory", "plugin_adapters"]

@@ -96,12 +96,14 @@ class ModelAdapter(ABC):
         (by default: every model of the adapter's model_types is served)."""
 
     @classmethod
-    def load_model(cls, source: str, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+    def load_model(cls, source: str, dtype: torch.dtype, trust_remote_code: bool = False, **placement: Any) -> nn.Module:
         """The model's weights at ``source`` (a family outside ``AutoModelForImageTextToText``, e.g. a
-        remote-code causal LM, loads its own way)."""
+        remote-code causal LM, loads its own way); ``placement``: ``from_pretrained``'s
+        ``device_map``, ``max_memory`` and ``offload_folder`` when the model is spread over devices."""
         from transformers import AutoModelForImageTextToText
 
-        return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                           **placement)
 
     @classmethod
     def load_processor(cls, source: str) -> Any:
@@ -170,9 +172,23 @@ class ModelAdapter(ABC):
         norm) for the forward ``inputs``."""
         return self.model(**inputs, output_hidden_states=True).hidden_states[-1]
 
+    def image_tokens(self) -> int:
+        """Positions one image takes in a row (what ``kebench plan`` sizes activations with): by
+        default a ViT's patch grid, read from the config."""
+        vision = self.model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the input embeddings (the first layer), also when a
+        ``device_map`` spreads the model over several devices (accelerate's hooks move the rest)."""
+        device = self.input_embeddings().weight.device
+        if device.type != "meta":
+            return device
+        # offloaded to the disk: accelerate runs it on the map's first device
+        placement = getattr(self.model, "hf_device_map", {})
+        first = next((where for where in placement.values() if where not in ("disk", "meta")), "cpu")
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else first)

@@ -30,6 +30,9 @@ class Blip2Adapter(ChatTemplateAdapter):
         """BLIP-2 with OPT (a Llama text model is MiniGPT-4: ``editors.adapters.minigpt4``)."""
         return super().handles(config) and config.text_config.model_type != "llama"
 
+    def image_tokens(self) -> int:
+        return self.model.config.num_query_tokens
+
     def prompt(self, query: Query) -> str:
         return f"Question: {query.question} Answer:"
 

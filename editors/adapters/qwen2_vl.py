@@ -63,6 +63,11 @@ class Qwen2VLAdapter(ChatTemplateAdapter):
             AutoImageProcessor.from_pretrained(source), tokenizer, chat_template=chat_template or tokenizer.chat_template
         )
 
+    def image_tokens(self) -> int:
+        """Dynamic resolution: a 448 x 448 image (the patch grid, merged ``spatial_merge_size``^2 to one)."""
+        vision = self.model.config.vision_config
+        return (448 // vision.patch_size) ** 2 // vision.spatial_merge_size**2
+
     def vision_side_module(self) -> nn.Module:
         return self.model.model.visual.blocks[-1]
 

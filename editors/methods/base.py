@@ -233,7 +233,11 @@ class WeightSnapshot:
     """Copies of exactly the parameters a method is about to change, to restore bit-for-bit."""
 
     def __init__(self, params: Iterable[nn.Parameter]) -> None:
+        # each copy stays on its weight's device (a device_map spreads weights over several)
         self.saved = [(param, param.detach().clone()) for param in params]
+        if any(param.device.type == "meta" for param, _ in self.saved):
+            raise ValueError("a weight this method edits is offloaded to the disk (device_map): give its layer a "
+                             "device (--max-memory) so that the edit can change and restore it")
 
     def restore(self) -> None:
         with torch.no_grad():
