@@ -8,7 +8,7 @@ import torch
 from editors.adapters import load_adapter, parse_max_memory
 from editors.defaults import SHIPPED_DEFAULT_MODEL
 from editors.engine import Engine, EngineOptions
-from editors.run import make_method
+from editors.methods import make_method
 
 
 def spread(adapter) -> dict[str, str]:

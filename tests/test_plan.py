@@ -6,12 +6,13 @@ import pytest
 
 from editors.adapters import load_adapter
 from editors.bench import shape_model
-from editors.cases import CaseSequence
+from editors.cases import CaseSequence, load_split
 from editors.engine import Engine, EngineOptions
 from editors.forward import shared_prefix_length
+from editors.methods import make_method
 from editors.plan import KNOWN_MODELS, Workload, measured_peak, model_config, parse_memory, plan
-from editors.run import default_world, load_split, make_method
 from kebench_hf.cli import main
+from kebench_hf.world import default_world
 
 #: ``llava-hf/llava-1.5-7b-hf``'s parameter count (tests/test_bench.py checks the 7B shape against it)
 LLAVA_1_5_7B_PARAMETERS = 7_063_427_072
