@@ -160,18 +160,25 @@ def _clip_image_processor(spec: TinySpec) -> Any:
     )
 
 
-def _build_llava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+def _llava_processor(texts: list[str], spec: TinySpec) -> Any:
+    """LLaVA's processor: CLIP images, one ``<image>`` token per patch, LLaVA's chat template."""
+    from transformers import LlavaProcessor
 
-    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE)
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=_clip_image_processor(spec),
-        tokenizer=tokenizer,
+        tokenizer=build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE),
         patch_size=spec.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
+
+
+def _build_llava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    processor = _llava_processor(texts, spec)
+    tokenizer = processor.tokenizer
     config = LlavaConfig(
         vision_config=_clip_vision_config(spec),
         text_config=_llama_config(spec, tokenizer),
@@ -527,17 +534,10 @@ def _build_gemma3(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, An
 
 def _build_vipllava(texts: list[str], spec: TinySpec) -> tuple[torch.nn.Module, Any]:
     """VipLLaVA (CLIP features of several layers -> projector -> Llama): no adapter of its own."""
-    from transformers import LlavaProcessor, VipLlavaConfig, VipLlavaForConditionalGeneration
+    from transformers import VipLlavaConfig, VipLlavaForConditionalGeneration
 
-    tokenizer = build_tokenizer(texts, ["<image>"], spec.vocab_size, LLAVA_CHAT_TEMPLATE)
-    processor = LlavaProcessor(
-        image_processor=_clip_image_processor(spec),
-        tokenizer=tokenizer,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, which VipLLaVA drops
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
+    processor = _llava_processor(texts, spec)
+    tokenizer = processor.tokenizer
     config = VipLlavaConfig(
         vision_config=_clip_vision_config(spec),
         text_config=_llama_config(spec, tokenizer),
