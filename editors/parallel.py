@@ -80,7 +80,7 @@ def _free_port() -> int:
 
 
 def launch(processes: int, arguments: list[str]) -> int:
-    """``accelerate launch`` of ``python -m kebench_hf.cli ARGUMENTS`` in ``processes`` processes on
+    """``accelerate launch`` of ``python -m kebench_hf ARGUMENTS`` (the CLI) in ``processes`` processes on
     this machine (torch's elastic launcher underneath); a free port for the gloo / NCCL rendezvous."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
@@ -88,7 +88,7 @@ def launch(processes: int, arguments: list[str]) -> int:
         raise ValueError(f"--processes must be >= 1, got {processes}")
     options = ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--num_cpu_threads_per_process", os.environ.get("OMP_NUM_THREADS", "1"),
-               "--main_process_port", str(_free_port()), "--module", "kebench_hf.cli", *arguments]
+               "--main_process_port", str(_free_port()), "--module", "kebench_hf", *arguments]
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:

@@ -67,7 +67,8 @@ def test_the_default_models_abilities_read_as_before():
     from kebench_hf.world import default_world
 
     abilities = evaluate_pretraining(load_adapter(SHIPPED_DEFAULT_MODEL), read_world(default_world()), limit=8)
-    assert abilities == {"reliability_old_answer": 0.9375, "i_generality_old_answer": 0.9375,
+    # (recipe 11's seed 0; on the whole split these are the figures of its pretrain.json)
+    assert abilities == {"reliability_old_answer": 0.9375, "i_generality_old_answer": 0.875,
                          "reliability_new_answer": 0.375, "t_locality_answer": 1.0, "i_locality_answer": 1.0,
-                         "fact_alone_new_answer": 0.9375, "in_context_new_answer": 0.9375,
+                         "fact_alone_new_answer": 1.0, "in_context_new_answer": 1.0,
                          "in_context_locality_answer": 1.0}
