@@ -241,13 +241,12 @@ def reference_ft(model: Any, processor: Any, images_root: Path, records: list[di
 
 
 def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int,
-                        lr: float, second_edit_bos: bool = True,
-                        predicted: list[list[int]] | None = None) -> dict[str, float | None]:
+                        lr: float, predicted: list[list[int]] | None = None) -> dict[str, float | None]:
     """The ``edit_onehop`` branch's FT-LLM on LLaVA: both edits, then ``port_q`` (``edit_step``).
 
-    ``second_edit_bos``: the second edit's labels ``tok([port_edit_a])`` with BOS, as the branch
-    builds them for LLaVA (``False``: without, as it does for BLIP-2 and MiniGPT-4). ``predicted``
-    collects each case's argmax ids at ``port_a``'s positions."""
+    The second edit's labels are ``tok([port_edit_a])`` with BOS, as the branch builds them for LLaVA
+    (for BLIP-2 and MiniGPT-4 it builds them without). ``predicted`` collects each case's argmax ids
+    at ``port_a``'s positions."""
     ft = ReferenceFT(model, processor, images_root, steps, lr)
     original = ft.save()
     per_case = []
@@ -255,7 +254,7 @@ def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: 
         ft.load(original)  # the first edit's FT.edit restores what it saved for the case before
         ft.edit(record["src"], record["image"], record["alt"])
         question, answer = record["second_edit"]
-        ft.edit(question, None, answer, special_tokens=second_edit_bos)
+        ft.edit(question, None, answer, special_tokens=True)
         with torch.no_grad():
             per_case.append({"edit_onehop": ft.llava.accuracy(record["port"][0], record["image"], record["port"][1])})
             if predicted is not None:

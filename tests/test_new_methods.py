@@ -167,7 +167,7 @@ def test_every_model_family_edits_and_restores(name, family_adapters, tiny_world
         assert results[0].error is None, f"{arch}: {results[0].error}"
         assert_restored(adapter.model, before)
         families.add(adapter.family)
-    assert families == set(ADAPTERS)
+    assert set(ADAPTERS) <= families  # and the generic adapter's families (tiny_models has two)
 
 
 @pytest.mark.parametrize("name", NEW_METHODS)

@@ -104,7 +104,7 @@ class GRACE(EditMethod):
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         linear = mlp_output_projection(adapter.mlp(self.config.layer))
-        if self.codebook is None:
+        if self.codebook is None or self.codebook.linear is not linear:  # another model (a copy) starts afresh
             self.codebook = Codebook(linear)
         codebook = self.codebook
         edit = CodebookEdit(self, adapter, len(codebook), codebook.radii.clone())

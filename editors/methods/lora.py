@@ -110,7 +110,8 @@ class LoRA(EditMethod):
         return [module for module in self.tuner.model.modules() if isinstance(module, LoraLayer)]
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
-        fresh = self.tuner is None
+        # the adapter belongs to the model it was injected into: another model (a copy) starts afresh
+        fresh = self.tuner is None or self.tuner.model is not adapter.model
         if fresh:
             self.inject(adapter)
         params = self.lora_parameters()

@@ -248,7 +248,7 @@ class WISE(EditMethod):
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         linear = mlp_output_projection(adapter.mlp(self.config.layer))
-        fresh = self.router is None
+        fresh = self.router is None or self.router.linear is not linear  # another model (a copy) starts afresh
         if fresh:
             self.install(adapter, linear)
         edit = SideMemoryEdit(self, adapter, None if fresh else self.state())
