@@ -71,7 +71,7 @@ def test_the_gpu_check_script_runs_every_step(tiny_world, tmp_path):
     env = {**os.environ, "KEBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT)}
     completed = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--out", str(out), "--device", "cpu", "--shape", "deep-narrow",
-         "--limit", "2", "--bench-limit", "1", "--data", str(tiny_world), "--max-memory", "cpu=5MiB"],
+         "--limit", "2", "--bench-limit", "1", "--data", str(tiny_world), "--max-memory", "cpu=3MiB"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

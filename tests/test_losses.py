@@ -59,15 +59,14 @@ def test_a_hub_id_is_org_slash_name(text, expected):
 
 
 def test_the_default_models_abilities_read_as_before():
-    """``evaluate_pretraining`` on the shipped model's first 8 test cases gives what it gave before
-    the measures had one definition (on the whole split it gives the figures of its pretrain.json)."""
+    """``evaluate_pretraining`` on the shipped model's first 8 test cases gives the figures pinned
+    when the measures got one definition (on the whole split: those of its pretrain.json)."""
     from editors.adapters import load_adapter
     from editors.defaults import SHIPPED_DEFAULT_MODEL
     from editors.pretrain import evaluate_pretraining, read_world
     from kebench_hf.world import default_world
 
     abilities = evaluate_pretraining(load_adapter(SHIPPED_DEFAULT_MODEL), read_world(default_world()), limit=8)
-    # (recipe 11's seed 0; on the whole split these are the figures of its pretrain.json)
     assert abilities == {"reliability_old_answer": 0.9375, "i_generality_old_answer": 0.875,
                          "reliability_new_answer": 0.375, "t_locality_answer": 1.0, "i_locality_answer": 1.0,
                          "fact_alone_new_answer": 1.0, "in_context_new_answer": 1.0,

@@ -104,7 +104,10 @@ class GRACE(EditMethod):
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         linear = mlp_output_projection(adapter.mlp(self.config.layer))
-        if self.codebook is None or self.codebook.linear is not linear:  # another model (a copy) starts afresh
+        if self.codebook is not None and self.codebook.linear is not linear:
+            self.codebook.remove()  # the codebook of another model (a copy): this one starts afresh
+            self.codebook = None
+        if self.codebook is None:
             self.codebook = Codebook(linear)
         codebook = self.codebook
         edit = CodebookEdit(self, adapter, len(codebook), codebook.radii.clone())

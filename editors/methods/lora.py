@@ -110,8 +110,9 @@ class LoRA(EditMethod):
         return [module for module in self.tuner.model.modules() if isinstance(module, LoraLayer)]
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
-        # the adapter belongs to the model it was injected into: another model (a copy) starts afresh
-        fresh = self.tuner is None or self.tuner.model is not adapter.model
+        if self.tuner is not None and self.tuner.model is not adapter.model:
+            self.tuner = None  # injected into another model (a copy): this one starts afresh
+        fresh = self.tuner is None
         if fresh:
             self.inject(adapter)
         params = self.lora_parameters()

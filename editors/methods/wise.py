@@ -248,7 +248,9 @@ class WISE(EditMethod):
 
     def apply(self, adapter: ModelAdapter, case: EditCase) -> AppliedEdit:
         linear = mlp_output_projection(adapter.mlp(self.config.layer))
-        fresh = self.router is None or self.router.linear is not linear  # another model (a copy) starts afresh
+        if self.router is not None and self.router.linear is not linear:
+            self.uninstall()  # the memory of another model (a copy): this one starts afresh
+        fresh = self.router is None
         if fresh:
             self.install(adapter, linear)
         edit = SideMemoryEdit(self, adapter, None if fresh else self.state())
