@@ -93,8 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     scores = runs.run(settings)
     if not scores:  # a process of several other than the main one: the main one reports
         return 0
-    print(score_table({args.method: scores}, "token"))
-    print(score_table({args.method: scores}, "generate"))
+    for protocol in settings.protocols:
+        print(score_table({args.method: scores}, protocol))
     print(f"predictions, scores.json and run.json in {args.out}")
     return 0
 

@@ -227,7 +227,7 @@ def lifelong(settings: RunSettings, gaps: list[int]) -> Path:
         run_dir = root / f"gap-{gap}"
         results[f"gap {gap}"] = run(replace(settings, out=run_dir, sequential_gap=gap))
         curves[gap] = running_scores(run_dir / PREDICTIONS_PARQUET, gap, settings.config)
-    tables = "\n\n".join(score_table(results, protocol, settings.config) for protocol in ("token", "generate"))
+    tables = "\n\n".join(score_table(results, protocol, settings.config) for protocol in settings.protocols)
     (root / LIFELONG_TABLE).write_text(tables + "\n")
     plot_lifelong(curves, root / LIFELONG_PLOT, settings.config)
     return root

@@ -5,7 +5,7 @@ A run directory holds
 * ``predictions.jsonl`` -- one line per finished case, appended (and flushed) as it finishes;
   ``--resume`` skips the case ids found there, so a crashed run loses and redoes nothing;
 * ``predictions.parquet`` -- all rows in the metric's schema (``metric.kebench.PREDICTION_FEATURES``);
-* ``scores.json`` -- the metric's output for both protocols;
+* ``scores.json`` -- the metric's output for each protocol run (``token``, and ``generate`` unless turned off);
 * ``run.json`` -- model, family, method + hyper-parameters, data + fingerprint, versions, seed,
   the editing protocol, seconds per edit, peak memory, counts of failed cases.
 """
@@ -226,7 +226,7 @@ class Run:
                                         preset=preset.name,
                                         # micro-averaging is over answer tokens: the token protocol's only
                                         average=preset.average(method.name) if protocol == "token" else "case")
-            for protocol in ("token", "generate")
+            for protocol in settings.protocols
         }
         (self.out / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
         (self.out / RUN_INFO).write_text(json.dumps(self.run_info(adapter, method, rows), indent=2) + "\n")
