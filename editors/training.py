@@ -304,6 +304,18 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+@dataclass
+class TrainingState:
+    """Where meta-training stands: what a checkpoint holds besides the editor's and optimizer's tensors."""
+
+    best_state: dict[str, torch.Tensor]
+    step: int = 0
+    best_score: float = float("-inf")
+    #: validations in a row without a new best (early stopping counts them against ``patience``)
+    bad_validations: int = 0
+    elapsed_seconds: float = 0.0
+
+
 def meta_train(
     editor: nn.Module,
     training_loss: Callable[[EditCase], torch.Tensor],
@@ -327,51 +339,48 @@ def meta_train(
     parameters = [p for p in editor.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups or parameters, lr=config.lr, weight_decay=0.0)
 
-    step, best_score, bad_validations, elapsed = 0, float("-inf"), 0, 0.0
-    best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
+    state = TrainingState(best_state={k: v.detach().clone() for k, v in editor.state_dict().items()})
     if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_STATE).is_file():
-        step, best_score, bad_validations, elapsed, best_state = _resume(editor, optimizer, Path(checkpoint_dir))
-        logger.info("%s: resumed at step %d (best validation %.4f)", description, step, best_score)
+        state = _resume(editor, optimizer, Path(checkpoint_dir))
+        logger.info("%s: resumed at step %d (best validation %.4f)", description, state.step, state.best_score)
 
     def validate() -> float:
         return sum(validation_score(case) for case in val_cases) / len(val_cases)
 
-    started = time.perf_counter() - elapsed
-    stopped_early = bad_validations >= config.patience
-    progress = tqdm(total=config.max_steps, initial=step, desc=description, disable=stopped_early)
-    while step < config.max_steps and not stopped_early:
+    started = time.perf_counter() - state.elapsed_seconds
+    stopped_early = state.bad_validations >= config.patience
+    progress = tqdm(total=config.max_steps, initial=state.step, desc=description, disable=stopped_early)
+    while state.step < config.max_steps and not stopped_early:
         editor.train()
         # the case of a step depends on (seed, step) only, so a resumed run sees what the killed one would have
-        case = train_cases[random.Random(f"{config.seed}-{step}").randrange(len(train_cases))]
+        case = train_cases[random.Random(f"{config.seed}-{state.step}").randrange(len(train_cases))]
         loss = training_loss(case)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        step += 1
+        state.step += 1
         progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.3f}")
-        if step % config.val_every == 0 or step == config.max_steps:
+        progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{state.best_score:.3f}")
+        if state.step % config.val_every == 0 or state.step == config.max_steps:
             editor.eval()
             score = validate()
-            if score > best_score:
-                best_score, bad_validations = score, 0
-                best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
+            if score > state.best_score:
+                state.best_score, state.bad_validations = score, 0
+                state.best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
             else:
-                bad_validations += 1
-            stopped_early = bad_validations >= config.patience
-            logger.info("%s step %d: validation %.4f (best %.4f)", description, step, score, best_score)
+                state.bad_validations += 1
+            stopped_early = state.bad_validations >= config.patience
+            logger.info("%s step %d: validation %.4f (best %.4f)", description, state.step, score, state.best_score)
             if checkpoint_dir is not None:
-                _checkpoint(
-                    editor, optimizer, Path(checkpoint_dir), step, best_score, bad_validations,
-                    time.perf_counter() - started, best_state,
-                )
+                state.elapsed_seconds = time.perf_counter() - started
+                _checkpoint(editor, optimizer, Path(checkpoint_dir), state)
     progress.close()
-    editor.load_state_dict(best_state)
+    editor.load_state_dict(state.best_state)
     editor.eval()
     return {
-        "steps": step,
-        "best_validation": best_score,
+        "steps": state.step,
+        "best_validation": state.best_score,
         "stopped_early": stopped_early,
         "train_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -380,20 +389,20 @@ def meta_train(
     }
 
 
-def _checkpoint(editor, optimizer, directory: Path, step, best_score, bad_validations, elapsed, best_state):
+def _checkpoint(editor: nn.Module, optimizer: torch.optim.Optimizer, directory: Path, progress: TrainingState) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors, optimizer_meta = _optimizer_tensors(optimizer)
     tensors.update({f"editor.{k}": v for k, v in editor.state_dict().items()})
-    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    tensors.update({f"best.{k}": v for k, v in progress.best_state.items()})
     # write-then-rename: a crash mid-write leaves the previous checkpoint intact
     temporary = directory / (CHECKPOINT_WEIGHTS + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary))
     temporary.replace(directory / CHECKPOINT_WEIGHTS)
     state = {
-        "step": step,
-        "best_score": best_score,
-        "bad_validations": bad_validations,
-        "elapsed_seconds": elapsed,
+        "step": progress.step,
+        "best_score": progress.best_score,
+        "bad_validations": progress.bad_validations,
+        "elapsed_seconds": progress.elapsed_seconds,
         "optimizer": optimizer_meta,
         "weights_sha256": _file_sha256(directory / CHECKPOINT_WEIGHTS),
     }
@@ -401,7 +410,7 @@ def _checkpoint(editor, optimizer, directory: Path, step, best_score, bad_valida
     (directory / (CHECKPOINT_STATE + ".tmp")).replace(directory / CHECKPOINT_STATE)
 
 
-def _resume(editor, optimizer, directory: Path):
+def _resume(editor: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> TrainingState:
     state = json.loads((directory / CHECKPOINT_STATE).read_text())
     weights_path = directory / CHECKPOINT_WEIGHTS
     if not weights_path.is_file() or _file_sha256(weights_path) != state["weights_sha256"]:
@@ -411,4 +420,5 @@ def _resume(editor, optimizer, directory: Path):
     editor.load_state_dict({k.removeprefix("editor."): v.to(device) for k, v in tensors.items() if k.startswith("editor.")})
     best_state = {k.removeprefix("best."): v.to(device) for k, v in tensors.items() if k.startswith("best.")}
     _load_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()}, state["optimizer"])
-    return state["step"], state["best_score"], state["bad_validations"], state["elapsed_seconds"], best_state
+    return TrainingState(best_state, state["step"], state["best_score"], state["bad_validations"],
+                         state["elapsed_seconds"])

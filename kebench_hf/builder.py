@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import datasets
 from datasets.exceptions import DatasetGenerationError
 
 from dataset_script import CITATION
+from kebench_hf.hub import is_hub_id
 from kebench_hf.release import (
     ImagesRoot,
     ReleaseFile,
@@ -38,7 +38,6 @@ DESCRIPTION = (
 )
 HOMEPAGE = "https://arxiv.org/abs/2403.07350"
 VERSION = datasets.Version("1.0.0")
-_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 #: columns that identify a split's content (no image bytes): what :func:`dataset_fingerprint` hashes
 FINGERPRINT_COLUMNS = ("case_id", *TEXT_FIELDS, *(f"{field}_path" for field in IMAGE_FIELDS), "portability", "onehop")
 
@@ -164,7 +163,7 @@ def _local_directory(path_or_repo: str | os.PathLike, revision: str | None) -> P
         if revision is not None:
             raise ValueError(f"{path}: revision applies to hub repos, not to a local directory")
         return path
-    if not _REPO_ID.fullmatch(str(path_or_repo)):
+    if not is_hub_id(str(path_or_repo), namespaced=False):
         raise FileNotFoundError(f"{path_or_repo}: no such directory, and not a hub repo id")
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

@@ -38,14 +38,15 @@ def hub_token(token: str | None = None) -> str:
     return token
 
 
-def is_hub_id(text: str) -> bool:
-    """Whether ``text`` is a hub repository id ``ORG/NAME`` (the hub's own validation): what a model
-    or data argument that names no local directory must be."""
+def is_hub_id(text: str, namespaced: bool = True) -> bool:
+    """Whether ``text`` is a hub repository id (the hub's own validation): ``ORG/NAME``, or also a bare
+    ``NAME`` when not ``namespaced`` (canonical datasets). What a model or data argument that names no
+    local directory must be."""
     try:
         validate_repo_id(text)
     except HFValidationError:
         return False
-    return text.count("/") == 1
+    return text.count("/") == 1 if namespaced else text.count("/") <= 1
 
 
 def check_repo_id(repo_id: str) -> str:

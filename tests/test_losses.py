@@ -58,6 +58,13 @@ def test_a_hub_id_is_org_slash_name(text, expected):
             check_repo_id(text)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("kebench", True), ("owner/name", True), ("a/b/c", False), ("./x", False), ("a b", False), ("x/", False),
+])
+def test_a_dataset_id_may_be_a_bare_canonical_name(text, expected):
+    assert is_hub_id(text, namespaced=False) is expected
+
+
 def test_the_default_models_abilities_read_as_before():
     """``evaluate_pretraining`` on the shipped model's first 8 test cases gives the figures pinned
     when the measures got one definition (on the whole split: those of its pretrain.json)."""

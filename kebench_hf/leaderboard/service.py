@@ -30,6 +30,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, Repositor
 from huggingface_hub.hf_api import RepoFile
 from tqdm.auto import tqdm
 
+from kebench_hf.hub import is_hub_id
 from kebench_hf.leaderboard.results import (
     EVAL_RESULTS_FILE,
     RESULTS_FILE,
@@ -42,7 +43,6 @@ from kebench_hf.leaderboard.results import (
 from kebench_hf.leaderboard.submission import (
     CARD_FILE,
     DEFAULT_LIMITS,
-    HUB_REPO_ID,
     PREDICTION_FILES,
     RUN_FILE,
     SAFE_NAME,
@@ -273,7 +273,7 @@ def update_leaderboard(
 
 def _write_eval_results(api: HfApi, model: str, rows: list[dict], dataset_id: str) -> bool:
     """Write ``.eval_results/kebench.yaml`` in ``model``'s hub repo when it exists and the file differs."""
-    if not HUB_REPO_ID.match(model):
+    if not is_hub_id(model):
         return False
     try:
         if not api.repo_exists(model):

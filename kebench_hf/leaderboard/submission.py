@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from kebench_hf.hub import is_hub_id
 from metric.kebench import AVERAGES, EDIT_ONEHOP, METRICS, PRESETS, SCORES
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ ONEHOP_CONFIG = "edit_onehop"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 #: longest model, family or method name shown on the leaderboard
 MAX_NAME_LENGTH = 200
-HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: what a run.json without these fields (written before they existed) was made and scored with
 DEFAULT_PRESET = "kebench"
 DEFAULT_AVERAGE = "case"
@@ -319,7 +319,7 @@ def _sha256(path: Path) -> str:
 
 def safe_name(text: str) -> str:
     """``text`` as one safe path component: ``org/model`` -> ``org--model``, a local path -> its last part."""
-    text = text.strip() if HUB_REPO_ID.match(text.strip()) else Path(text.strip()).name
+    text = text.strip() if is_hub_id(text.strip()) else Path(text.strip()).name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-.")[:96]
     return name or "unnamed"
 
