@@ -45,6 +45,21 @@ def test_run_writes_predictions_scores_and_run_info(tiny_llava, tiny_world, tmp_
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_same_command_writes_the_same_predictions_and_no_generate_scores_tokens_only(
+    tiny_llava, tiny_world, tmp_path, capsys
+):
+    outs = [tmp_path / "first", tmp_path / "second"]
+    for out in outs:
+        assert main(["run", "--method", "ft-llm", "--model", str(tiny_llava), "--data", str(tiny_world),
+                     "--limit", "2", "--no-generate", "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert "method (token)" in printed and "method (generate)" not in printed
+    first, second = (pq.read_table(out / "predictions.parquet") for out in outs)
+    assert first.equals(second)
+    scores = [json.loads((out / "scores.json").read_text()) for out in outs]
+    assert set(scores[0]) == {"token"} and scores[0] == scores[1]
+
+
 def _error(argv: list[str], capsys) -> str:
     assert main(argv) == 1
     message = capsys.readouterr().err.strip()
