@@ -65,7 +65,7 @@ CHECKPOINT_TENSORS = "pretrain-checkpoint.safetensors"
 CHECKPOINT_STATE = "pretrain-checkpoint.json"
 SUMMARY = "pretrain.json"
 #: bump when the data or the loop changes, so cached default models are rebuilt
-RECIPE = 11
+RECIPE = 12
 #: contexts this long or longer are read once per case in training (shorter ones, a fact alone at
 #: ~18 tokens, cost less repeated in one forward than read in two: measured break-even 18-50 tokens)
 SHARED_CONTEXT_MIN_TOKENS = 32
@@ -107,7 +107,7 @@ class PretrainConfig:
     #: one is short train on, up to ``max_extensions`` times ``extension_steps`` steps; then fail
     check_abilities: bool = True
     extension_steps: int = 400
-    max_extensions: int = 2
+    max_extensions: int = 3
     extension_lr: float = 1e-3
 
 
