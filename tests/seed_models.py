@@ -58,14 +58,14 @@ def _write_model(code: Path, out: Path, config: dict, classes: dict[str, str], s
 
 
 def build_qwen_vl(texts: list[str], out: Path, seed: int = 0) -> Path:
-    """A tiny Qwen-VL: ``model_type`` ``qwen`` with a ``visual`` config, 2 blocks of width 64, 256 image queries."""
+    """A tiny Qwen-VL: ``model_type`` ``qwen`` with a ``visual`` config, 4 blocks of width 64, 256 image queries."""
     tokenizer = build_tokenizer(texts, [], VOCABULARY, None)
     tokenizer.backend_tokenizer.post_processor = None  # Qwen adds no BOS
     # Qwen-VL's image tags follow its text vocabulary, above the 256 byte values a path is written in
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<img>", "</img>", "<imgpad>"]})
     tokenizer.save_pretrained(out)
     config = {"model_type": "qwen", "architectures": ["QWenLMHeadModel"], "vocab_size": len(tokenizer),
-              "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
+              "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 256,
               "max_position_embeddings": 2048,
               "visual": {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "width": 32, "layers": 2, "heads": 2,
                          "mlp_ratio": 2.0, "output_dim": 64,
@@ -76,14 +76,14 @@ def build_qwen_vl(texts: list[str], out: Path, seed: int = 0) -> Path:
 
 
 def build_mplug_owl2(texts: list[str], out: Path, seed: int = 0) -> Path:
-    """A tiny mPLUG-Owl2: a Llama of 2 modality-adaptive layers of width 64, 8 abstractor queries + end of image."""
+    """A tiny mPLUG-Owl2: a Llama of 4 modality-adaptive layers of width 64, 8 abstractor queries + end of image."""
     from transformers import CLIPImageProcessor
 
     tokenizer = build_tokenizer(texts, [], VOCABULARY, None)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE).save_pretrained(out)
     config = {"model_type": "mplug_owl2", "architectures": ["MPLUGOwl2LlamaForCausalLM"],
-              "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
               "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048,
               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
               "pad_token_id": tokenizer.pad_token_id,

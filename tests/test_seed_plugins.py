@@ -18,7 +18,10 @@ from editors.adapters import adapter_class, load_adapter, load_config
 from editors.adapters.base import ModelAdapter, Query
 from editors.cases import CaseSequence, load_split
 from editors.forward import TopLayers, full_logits, score_queries
+from editors.losses import answer_nll_row_mean
 from editors.methods import make_method
+from editors.queries import DEFAULT_CONFIG, case_queries
+from editors.training import edited_weights, gradient_factors
 from kebench_hf.cli import main
 from tests.seed_models import STAND_INS, install_plugins
 
@@ -134,6 +137,42 @@ def test_a_weight_edit_changes_the_answer_and_restores_bit_exact(
     assert post.answer_argmax != pre.answer_argmax, "the edit must change the answer"
     edit.restore()
     assert changed_tensors(adapter.model, before) == set(), "restore must give back every tensor bit for bit"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_trained_editors_gradient_factors_give_the_weight_gradient(
+    family: str, adapters: dict[str, ModelAdapter], cases: CaseSequence
+) -> None:
+    """KE's and MEND's rank-1 factors over each row's real positions, counted in the logits (mPLUG-Owl2's
+    forward widens each image id into the abstractor's tokens)."""
+    adapter = adapters[family]
+    batch = adapter.encode([cases[0].edit_query, Query("What is the capital of France?", "Paris")])
+    weights = edited_weights(adapter, [-1])
+    factors, _ = gradient_factors(adapter, weights, batch, [0, 1])
+    (name, weight), = weights.items()
+    weight.requires_grad_(True)
+    try:
+        gradient, = torch.autograd.grad(answer_nll_row_mean(full_logits(adapter, batch), batch, [0, 1]), [weight])
+    finally:
+        weight.requires_grad_(False)
+    u, delta = factors[name]
+    torch.testing.assert_close(delta.T @ u, gradient, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ike_prompts_change_the_outputs_and_no_weight(family: str, adapters: dict[str, ModelAdapter],
+                                                      cases: CaseSequence, tiny_world: Path) -> None:
+    adapter = adapters[family]
+    ike = make_method("ike", {"k": 2})
+    ike.prepare(adapter, CaseSequence(load_split(tiny_world, "edit", "train")))
+    before = state(adapter.model)
+    queries = [query for _, _, query in case_queries(cases[0], DEFAULT_CONFIG)]
+    edit = ike.apply(adapter, cases[0])
+    pre = score_queries(adapter, queries, [1] * len(queries))
+    post = edit.score(queries, [1] * len(queries))
+    assert [r.topk.tolist() for r in pre] != [r.topk.tolist() for r in post], "the prompt must change outputs"
+    edit.restore()
+    assert changed_tensors(adapter.model, before) == set()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
