@@ -139,16 +139,18 @@ def gradient_factors(
     finally:
         for handle in handles:
             handle.remove()
-    mask = batch.inputs["attention_mask"].bool() if "attention_mask" in batch.inputs else None
+    # each row's real positions, counted in the logits (a family whose forward widens its image ids,
+    # mPLUG-Owl2, has more positions than input ids): the row's first to its last, right-padded
+    mask = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    for row, valid in enumerate(batch.valid_positions):
+        mask[row, : valid.stop + 1] = True
     factors = {}
     for name, grad in zip(weights, grads, strict=True):
         u = inputs[name.removesuffix(".weight")]
         if u.dim() == 2:  # OPT runs its MLP on the (rows x positions) tokens flattened
-            u, grad = u.reshape(*batch.inputs["input_ids"].shape, -1), grad.reshape(*batch.inputs["input_ids"].shape, -1)
-        keep = mask[list(rows)] if mask is not None else None
-        u, delta = u[list(rows)], grad[list(rows)]
-        if keep is not None:
-            u, delta = u[keep], delta[keep]
+            u, grad = u.reshape(*logits.shape[:2], -1), grad.reshape(*logits.shape[:2], -1)
+        keep = mask[list(rows)].to(u.device)
+        u, delta = u[list(rows)][keep], grad[list(rows)][keep]
         factors[name] = (u.reshape(-1, u.shape[-1]).float(), delta.reshape(-1, delta.shape[-1]).float())
     return factors, logits.detach()
 

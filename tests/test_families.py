@@ -22,12 +22,13 @@ METHOD_OPTIONS = {"ft-llm": {"steps": 2}, "ft-vision": {"steps": 2}, "ike": {"k"
                   "ke": QUICK_EDITOR, "serac": QUICK_EDITOR, "mend": QUICK_EDITOR}
 
 
-def run_every_method(model: Path, data: Path, out: Path) -> dict[str, str]:
+def run_every_method(model: Path, data: Path, out: Path, trust_remote_code: bool = False) -> dict[str, str]:
     """Each method on one case of ``data`` with ``model``; ``{method: model family}`` of the runs."""
     families = {}
     for method in method_names():
         scores = runs.run(RunSettings(method=method, out=out / method, model=str(model), data=str(data), limit=1,
-                                      bootstrap=0, generate=False, method_options=METHOD_OPTIONS.get(method, {})))
+                                      bootstrap=0, generate=False, method_options=METHOD_OPTIONS.get(method, {}),
+                                      trust_remote_code=trust_remote_code))
         info = json.loads((out / method / "run.json").read_text())
         assert info["failed_cases"] == 0, (model.name, method, info["failed_case_ids"])
         token = scores["token"]["scores"]

@@ -175,7 +175,7 @@ def load_adapter(
         model = adapter.load_model(source, dtype or torch.float32, trust_remote_code, device_map=device_map,
                                    max_memory=max_memory, offload_folder=str(offload))
     model.eval()
-    return adapter(model, adapter.load_processor(source))
+    return adapter(model, adapter.load_processor(source, trust_remote_code))
 
 
 __all__ = ["ADAPTERS", "PLUGIN_GROUP", "EncodedBatch", "GenericAdapter", "ModelAdapter", "Query", "adapter_class",

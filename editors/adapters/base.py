@@ -106,8 +106,10 @@ class ModelAdapter(ABC):
                                                            **placement)
 
     @classmethod
-    def load_processor(cls, source: str) -> Any:
-        """The processor saved with the model at ``source`` (local directory or hub id)."""
+    def load_processor(cls, source: str, trust_remote_code: bool = False) -> Any:
+        """The processor saved with the model at ``source`` (local directory or hub id); with
+        ``trust_remote_code`` (given when the model's own code was trusted) a tokenizer or processor
+        class in the model's repository may run."""
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(source)

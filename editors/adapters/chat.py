@@ -45,7 +45,7 @@ class ChatTemplateAdapter(ModelAdapter):
             raise ValueError(f"the tokenizer of this {self.family} model has no pad token")
 
     @classmethod
-    def load_processor(cls, source: str) -> Any:
+    def load_processor(cls, source: str, trust_remote_code: bool = False) -> Any:
         """The processor saved with the model at ``source`` (local directory or hub id)."""
         return load_processor(source)
 

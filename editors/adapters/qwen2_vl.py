@@ -51,7 +51,7 @@ class Qwen2VLAdapter(ChatTemplateAdapter):
     answer_prefix = ""
 
     @classmethod
-    def load_processor(cls, source: str) -> Any:
+    def load_processor(cls, source: str, trust_remote_code: bool = False) -> Any:
         if is_torchvision_available():
             return AutoProcessor.from_pretrained(source)
         chat_template = None

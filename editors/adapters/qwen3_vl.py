@@ -17,5 +17,5 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen3_vl",)
 
     @classmethod
-    def load_processor(cls, source: str) -> Any:
+    def load_processor(cls, source: str, trust_remote_code: bool = False) -> Any:
         return load_processor(source)
