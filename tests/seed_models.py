@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
-import tomllib
 import torch
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the test extra installs it there
+    import tomli as tomllib
 
 from editors.tiny import build_tokenizer
 
