@@ -329,8 +329,7 @@ class EditRecord(Sequence[Fact]):
         if last is not None and (last.method.name, last.settings, last.editor) == (name, settings, editor) \
                 and train is None:
             return last.method
-        method_class = get_method(name)
-        method = method_class(method_class.config_class.from_dict(settings) if settings else None)
+        method = KEBENCH.make_method(name, self.adapter.family, settings)
         self.adapter.form = KEBENCH.prompt_form(method, self.adapter.family)
         if method.requires_training and editor is None:
             raise ValueError(f"method {name!r} needs its trained editor: editor=DIR "

@@ -160,7 +160,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
     family = model_family(model, settings.trust_remote_code)
-    method = make_method(settings.method, {**preset.settings(settings.method, family), **settings.method_options})
+    method = preset.make_method(settings.method, family, settings.method_options)
     if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):
         raise ValueError(f"preset {preset.name!r}: the reference's FT runs the model in float32, not {settings.dtype}")
 
