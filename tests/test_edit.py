@@ -218,8 +218,10 @@ def test_serac_edit_through_kebench_edit_loads_back_and_answers_through_its_wrap
     [
         (["--question", "", "--answer", "Storstu"], "fact 0: field 'question' is missing"),
         (["--question", "What river does the image depict?"], "fact 0: field 'answer' is missing"),
-        (["--image", "{broken}", "--question", "What river?", "--answer", "Storstu"], "fact 0: field 'image'"),
+        (["--image", "{broken}", "--question", "What river?", "--answer", "Storstu"],
+         "fact 0: field 'image': image cannot be decoded"),
         (["--edits", "{jsonl}"], "line 2: field 'answer' is missing"),
+        (["--edits", "{broken_jsonl}"], "broken.jsonl line 1: field 'image': image cannot be decoded"),
         (["--edits", "{jsonl}", "--question", "Q?"], "not both"),
     ],
 )
@@ -229,7 +231,9 @@ def test_bad_input_is_one_line_and_writes_nothing(arguments, message, tiny_llava
     jsonl = tmp_path / "facts.jsonl"
     jsonl.write_text(json.dumps({"image": None, "question": "Q?", "answer": "A"}) + "\n"
                      + json.dumps({"image": None, "question": "Q?"}) + "\n")
-    arguments = [a.format(broken=broken, jsonl=jsonl) for a in arguments]
+    broken_jsonl = tmp_path / "broken.jsonl"
+    broken_jsonl.write_text(json.dumps({"image": "broken.jpg", "question": "Q?", "answer": "A"}) + "\n")
+    arguments = [a.format(broken=broken, jsonl=jsonl, broken_jsonl=broken_jsonl) for a in arguments]
     out = tmp_path / "out"
     assert main(["edit", "--method", "ft-llm", "--model", str(tiny_llava), *arguments, "--out", str(out)]) == 1
     error = capsys.readouterr().err.strip()
@@ -254,3 +258,43 @@ def test_an_editor_of_another_base_model_is_refused_and_nothing_written(tiny_lla
     assert not out.exists()
     with pytest.raises(ValueError, match="needs its trained editor"):
         editors.edit(adapter.model, adapter.processor, (None, "Which river?", "Storstu"), method="mend")
+
+
+@pytest.mark.parametrize(
+    ("fact", "message"),
+    [
+        ((None, "", "Storstu"), "fact 0: field 'question' is missing"),
+        ({"image": None, "question": "What river?"}, "fact 0: field 'answer' is missing"),
+        ([(None, "Q?", "A"), ("{broken}", "What river?", "Storstu")], "fact 1: field 'image': image cannot be decoded"),
+    ],
+)
+def test_bad_facts_in_python_are_a_value_error_before_anything_is_edited(fact, message, llava, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    if isinstance(fact, list):
+        fact = [tuple(str(broken) if value == "{broken}" else value for value in item) for item in fact]
+    original = {name: value.clone() for name, value in llava.model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        editors.edit(llava.model, llava.processor, fact, method="ft-llm")
+    assert not hasattr(llava.model, "kebench_edits")
+    assert all(torch.equal(value, original[name]) for name, value in llava.model.state_dict().items())
+
+
+def test_a_serac_editor_of_another_base_model_is_refused_in_python_and_from_the_cli(
+        tiny_llava, serac_editor, tmp_path, capsys):
+    """The default model's SERAC editor on the tiny LLaVA: one line from ``kebench edit``, nothing written;
+    a ValueError naming the editor from ``editors.edit``, the model left as it was."""
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["edit", "--method", "serac", "--editor", str(serac_editor), "--model", str(tiny_llava),
+                 "--question", "Which river?", "--answer", "Storstu", "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kebench:")]
+    assert len(errors) == 1 and f"editor {serac_editor} was trained on a different base model" in errors[0]
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    adapter = load_adapter(tiny_llava)
+    original = {name: value.clone() for name, value in adapter.model.state_dict().items()}
+    with pytest.raises(ValueError, match=f"editor {serac_editor} was trained on a different base model"):
+        editors.edit(adapter.model, adapter.processor, (None, "Which river?", "Storstu"), method="serac",
+                     editor=serac_editor)
+    assert not hasattr(adapter.model, "kebench_edits")
+    assert all(torch.equal(value, original[name]) for name, value in adapter.model.state_dict().items())
