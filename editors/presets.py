@@ -22,10 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from editors.methods.base import EditMethod
+from typing import Any
 
 #: which positions of a locality query are compared (top-``k`` ids, pre- against post-edit); the
 #: query table (:mod:`editors.queries`) and the presets name one of these
@@ -115,14 +112,6 @@ class Preset:
         self.check_family(family)
         per_family = self.method_settings.get(method, {})
         return dict(per_family.get(family, per_family.get("*", {})))
-
-    def make_method(self, method: str, family: str, options: Mapping[str, Any]) -> EditMethod:
-        """The method ``method`` as this preset runs it on ``family``: the preset's settings, then
-        ``options`` (``--set``), over the method's defaults. The benchmark and ``editors.edit`` both
-        build their method here, so an edit for use gets the hyper-parameters the benchmark scores."""
-        from editors.methods import make_method
-
-        return make_method(method, {**self.settings(method, family), **options})
 
     def check_family(self, family: str) -> None:
         if self.families is not None and family not in self.families:
