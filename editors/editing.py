@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +36,10 @@ from torch import nn
 
 from editors.adapters.base import ModelAdapter, Query
 from editors.cases import CaseSequence, EditCase, decode_image
-from editors.methods import get_method
+from editors.methods import get_method, preset_method
 from editors.methods.base import AppliedEdit, EditMethod
 from editors.presets import KEBENCH
+from editors.runtime import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -285,16 +285,6 @@ def _base_model(adapter: ModelAdapter, source: str | None) -> dict[str, Any]:
             "class": type(adapter.model).__name__, "family": adapter.family, **identity}
 
 
-def _versions() -> dict[str, str]:
-    import safetensors
-    import transformers
-
-    import kebench_hf
-
-    return {"kebench_hf": kebench_hf.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__, "python": platform.python_version()}
-
-
 class EditRecord(Sequence[Fact]):
     """The facts a model holds, in the order they were edited, and how to take them back.
 
@@ -329,8 +319,7 @@ class EditRecord(Sequence[Fact]):
         if last is not None and (last.method.name, last.settings, last.editor) == (name, settings, editor) \
                 and train is None:
             return last.method
-        method_class = get_method(name)
-        method = method_class(method_class.config_class.from_dict(settings) if settings else None)
+        method = preset_method(KEBENCH, name, self.adapter.family, settings)
         self.adapter.form = KEBENCH.prompt_form(method, self.adapter.family)
         if method.requires_training and editor is None:
             raise ValueError(f"method {name!r} needs its trained editor: editor=DIR "
@@ -406,7 +395,7 @@ class EditRecord(Sequence[Fact]):
             "load_with": "transformers" if self.in_weights else "editors.EditedModel.from_pretrained",
             "edits": [batch.describe(images or {}) for batch in self.batches],
             "base_model": self.base_model,
-            "versions": _versions(),
+            "versions": package_versions(),
         }
 
     def write(self, directory: Path) -> None:

@@ -23,7 +23,7 @@ from editors.abilities import check_model
 from editors.cases import CaseError, CaseSequence, EditCase, case_from_row, load_split, stream_split
 from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions
-from editors.methods import make_method, method_names
+from editors.methods import make_method, method_names, preset_method
 from editors.methods.base import EditMethod
 from editors.parallel import ProcessGroup
 from editors.presets import Preset, get_preset, select_hop, without_portability
@@ -160,7 +160,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
     family = model_family(model, settings.trust_remote_code)
-    method = make_method(settings.method, {**preset.settings(settings.method, family), **settings.method_options})
+    method = preset_method(preset, settings.method, family, settings.method_options)
     if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):
         raise ValueError(f"preset {preset.name!r}: the reference's FT runs the model in float32, not {settings.dtype}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from editors.adapters.base import ModelAdapter
@@ -31,7 +29,7 @@ from editors.engine import CaseResult
 from editors.methods.base import EditMethod
 from editors.presets import get_preset
 from editors.queries import DEFAULT_CONFIG
-from editors.runtime import device_name, peak_memory_mib
+from editors.runtime import device_name, package_versions, peak_memory_mib
 
 logger = logging.getLogger(__name__)
 
@@ -237,11 +235,6 @@ class Run:
 
     def run_info(self, adapter: ModelAdapter, method: EditMethod, rows: Any) -> dict[str, Any]:
         """The run's provenance (run.json): what was edited with what, how, on which machine, how fast."""
-        import datasets
-        import transformers
-
-        import kebench_hf
-
         try:
             from kebench_hf.builder import dataset_fingerprint
 
@@ -296,13 +289,7 @@ class Run:
             "processes": self.processes,
             "shards": getattr(self, "shard_times", []),
             "peak_memory_mib": peak_memory_mib(settings.device),
-            "versions": {
-                "kebench_hf": kebench_hf.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "datasets": datasets.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": package_versions(),
         }
 
     def edit_protocol(self, rows: Any, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -33,6 +33,19 @@ def device_name(device: str) -> str:
     return platform.machine()
 
 
+def package_versions() -> dict[str, str]:
+    """The versions a result depends on (run.json's and edits.json's ``versions``)."""
+    import datasets
+    import safetensors
+    import transformers
+
+    import kebench_hf
+
+    return {"kebench_hf": kebench_hf.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "datasets": datasets.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from editors.methods.base import EditMethod, MethodConfig
+    from editors.presets import Preset
 
 #: the entry-point group through which installed packages add methods
 ENTRY_POINT_GROUP = "kebench.methods"
@@ -151,5 +152,12 @@ def make_method(name: str, options: dict[str, Any]) -> EditMethod:
     return cls(cls.config_class.from_dict(options) if options else None)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "METHODS", "MethodSpec", "get_method", "make_method", "method_names", "method_spec",
+def preset_method(preset: Preset, name: str, family: str, options: dict[str, Any]) -> EditMethod:
+    """The method ``name`` as ``preset`` runs it on ``family``: the preset's settings, then ``options``
+    (``--set``), over the method's defaults. The benchmark and ``editors.edit`` both build their method
+    here, so an edit for use gets the hyper-parameters the benchmark scores."""
+    return make_method(name, {**preset.settings(name, family), **options})
+
+
+__all__ = ["ENTRY_POINT_GROUP", "METHODS", "MethodSpec", "get_method", "make_method", "method_names", "method_spec", "preset_method",
            "register_method", "trained_method_names"]
