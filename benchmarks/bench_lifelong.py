@@ -12,7 +12,9 @@ protocols) and writes ``OUT/METHOD/lifelong.png``. ``--window W`` also prints, p
 scores of the cases scored with 1..W, W+1..2W, ... edits in the model (not a running mean), and draws
 them for every method in ``OUT/windows-gap-G.png`` (a panel per score). ``--data full`` edits the
 ``full`` world (3,174 test cases: 1,000-edit sequences) instead of the default one; ``--set``
-overrides a hyper-parameter of every method run (``kebench run --set``).
+overrides a hyper-parameter of every method run (``kebench run --set``). ``--report-only`` runs
+nothing and prints the window tables and curves of the runs already in ``OUT``, a run stopped before
+its end (a time bound) up to the cases it finished.
 
     python benchmarks/bench_lifelong.py --out /tmp/lifelong [--methods ft-llm mend] [--limit 200]
     python benchmarks/bench_lifelong.py --out /tmp/lifelong --methods grace wise --gaps 10 --limit 90 \
@@ -34,17 +36,26 @@ import pyarrow.parquet as pq
 from editors import run as runs
 from editors.commands import _method_options
 from editors.report import score_table, table_columns
-from editors.run_dir import PREDICTIONS_PARQUET, RunSettings
+from editors.run_dir import PREDICTIONS_JSONL, PREDICTIONS_PARQUET, RunSettings, finished_cases
 from kebench_hf.world import cached_world
-from metric.kebench import score_predictions
+from metric.kebench import score_predictions, to_table
 
 GAPS = (10, 20, 50, 100)
 
 
-def window_scores(predictions: Path, gap: int, window: int) -> dict[str, dict]:
+def predictions_table(run_dir: Path) -> pa.Table:
+    """A run's predictions: its parquet when it finished, else the cases its ``predictions.jsonl`` holds
+    (a run stopped at a time bound: the curve up to where it got)."""
+    if (run_dir / PREDICTIONS_PARQUET).exists():
+        return pq.read_table(run_dir / PREDICTIONS_PARQUET)
+    records = finished_cases(run_dir / PREDICTIONS_JSONL).values()
+    return to_table([row for record in records if not record["error"] for row in record["rows"]])
+
+
+def window_scores(run_dir: Path, gap: int, window: int) -> dict[str, dict]:
     """Token scores of the cases scored with edits in ``(k * window, (k + 1) * window]``, by window label
     (each with the edits its cases were scored after, ``"edits"``: the window's last)."""
-    table = pq.read_table(predictions)
+    table = predictions_table(run_dir)
     case_ids = list(dict.fromkeys(table.column("case_id").to_pylist()))
     windows: dict[int, list[str]] = {}
     for index, case_id in enumerate(case_ids):
@@ -95,10 +106,17 @@ def main() -> None:
     parser.add_argument("--data", default="default", help="world: default, full (the full-size world) or a KEBench directory")
     parser.add_argument("--no-generate", action="store_true", help="token protocol only")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="hyper-parameter of every method run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: the window tables and curves of the runs in OUT, stopped ones up to where they got")
     args = parser.parse_args()
-    data = str(cached_world(args.data)) if args.data in ("default", "full") else args.data
     windows: dict[int, dict[str, dict]] = {gap: {} for gap in args.gaps}
-    for method in args.methods:
+    for method in args.methods if args.report_only else ():
+        for gap in args.gaps:
+            windows[gap][method] = window_scores(args.out / method / f"gap-{gap}", gap, args.window)
+            print(f"\n{method}, gap {gap}, per window of {args.window} edits:\n")
+            print(score_table(windows[gap][method], "token"), flush=True)
+    for method in () if args.report_only else args.methods:
+        data = str(cached_world(args.data)) if args.data in ("default", "full") else args.data
         started = time.perf_counter()
         settings = RunSettings(method=method, out=args.out / method, data=data, split=args.split, limit=args.limit,
                                bootstrap=0, generate=not args.no_generate, method_options=_method_options(args.set))
@@ -108,7 +126,7 @@ def main() -> None:
         print((root / runs.LIFELONG_TABLE).read_text())
         print(f"curves: {root / runs.LIFELONG_PLOT}")
         for gap in args.gaps if args.window > 0 else ():
-            windows[gap][method] = window_scores(root / f"gap-{gap}" / PREDICTIONS_PARQUET, gap, args.window)
+            windows[gap][method] = window_scores(root / f"gap-{gap}", gap, args.window)
             print(f"\n{method}, gap {gap}, per window of {args.window} edits:\n")
             print(score_table(windows[gap][method], "token"), flush=True)
     for gap, curves in windows.items() if args.window > 0 else ():
