@@ -60,7 +60,7 @@ class WISEConfig(MethodConfig):
     benchmarks/RESULTS.md, "Main job"): act ratio 0.88 (at 0.4 the threshold falls below the tiny
     model's locality queries' scores) and at most 70 steps, stopping once the loss (NLL + margins) is
     below 0.5 (the stop of our FT and LoRA): 10 fixed steps leave some edits unlearned, 70 fixed ones
-    cost three times the steps for the same scores. EasyEdit stops below 0.02 once the loss no
+    cost three times the steps for scores within 3 points. EasyEdit stops below 0.02 once the loss no
     longer moves, which the tiny model's edits seldom reach within 70 steps."""
 
     layer: int = -2
