@@ -9,11 +9,18 @@ trains nothing on it; MEND's editor was meta-trained on these cases, which flatt
 scores: said beside the table; WISE draws its out-of-scope examples from the train split too, so
 score it on ``--split test``). Prints one table per method (a row per G, token and generate
 protocols) and writes ``OUT/METHOD/lifelong.png``. ``--window W`` also prints, per G, the token
-scores of the cases scored with 1..W, W+1..2W, ... edits in the model (not a running mean).
+scores of the cases scored with 1..W, W+1..2W, ... edits in the model (not a running mean), and draws
+them for every method in ``OUT/windows-gap-G.png`` (a panel per score). ``--data full`` edits the
+``full`` world (3,174 test cases: 1,000-edit sequences) instead of the default one; ``--set``
+overrides a hyper-parameter of every method run (``kebench run --set``). ``--report-only`` runs
+nothing and prints the window tables and curves of the runs already in ``OUT``, a run stopped before
+its end (a time bound) up to the cases it finished.
 
     python benchmarks/bench_lifelong.py --out /tmp/lifelong [--methods ft-llm mend] [--limit 200]
     python benchmarks/bench_lifelong.py --out /tmp/lifelong --methods grace wise --gaps 10 --limit 90 \
         --split test --window 20
+    python benchmarks/bench_lifelong.py --out /tmp/lifelong --methods grace wise --gaps 10 --limit 1000 \
+        --split test --data full --window 100 --no-generate
 """
 
 from __future__ import annotations
@@ -27,16 +34,28 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from editors import run as runs
-from editors.report import score_table
-from editors.run_dir import PREDICTIONS_PARQUET, RunSettings
-from metric.kebench import score_predictions
+from editors.commands import _method_options
+from editors.report import score_table, table_columns
+from editors.run_dir import PREDICTIONS_JSONL, PREDICTIONS_PARQUET, RunSettings, finished_cases
+from kebench_hf.world import cached_world
+from metric.kebench import score_predictions, to_table
 
 GAPS = (10, 20, 50, 100)
 
 
-def window_table(predictions: Path, gap: int, window: int) -> str:
-    """Token scores of the cases scored with edits in ``(k * window, (k + 1) * window]``, a row per window."""
-    table = pq.read_table(predictions)
+def predictions_table(run_dir: Path) -> pa.Table:
+    """A run's predictions: its parquet when it finished, else the cases its ``predictions.jsonl`` holds
+    (a run stopped at a time bound: the curve up to where it got)."""
+    if (run_dir / PREDICTIONS_PARQUET).exists():
+        return pq.read_table(run_dir / PREDICTIONS_PARQUET)
+    records = finished_cases(run_dir / PREDICTIONS_JSONL).values()
+    return to_table([row for record in records if not record["error"] for row in record["rows"]])
+
+
+def window_scores(run_dir: Path, gap: int, window: int) -> dict[str, dict]:
+    """Token scores of the cases scored with edits in ``(k * window, (k + 1) * window]``, by window label
+    (each with the edits its cases were scored after, ``"edits"``: the window's last)."""
+    table = predictions_table(run_dir)
     case_ids = list(dict.fromkeys(table.column("case_id").to_pylist()))
     windows: dict[int, list[str]] = {}
     for index, case_id in enumerate(case_ids):
@@ -45,8 +64,35 @@ def window_table(predictions: Path, gap: int, window: int) -> str:
     for number, ids in sorted(windows.items()):
         part = table.filter(pc.is_in(table.column("case_id"), value_set=pa.array(ids)))
         label = f"edits {max(number * window, gap) + 1}-{(number + 1) * window} ({len(ids)} cases)"
-        results[label] = {"token": score_predictions(part, protocol="token", bootstrap=0)}
-    return score_table(results, "token")
+        results[label] = {"token": score_predictions(part, protocol="token", bootstrap=0),
+                          "edits": min((number + 1) * window, len(case_ids) + gap)}
+    return results
+
+
+def plot_windows(curves: dict[str, dict[str, dict]], path: Path) -> Path:
+    """A panel per score, each window's token score against the edits in the model, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics, headers = table_columns()
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), sharey=True, squeeze=False)
+    for axis, name, header in zip(axes[0], metrics, headers, strict=True):
+        for method, windows in curves.items():
+            points = [(w["edits"], w["token"]["scores"][name]) for w in windows.values()
+                      if w["token"]["scores"][name] is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=method)
+        axis.set_title(header)
+        axis.set_xlabel("edits in the model")
+        axis.set_ylim(0, 100)
+    axes[0][0].set_ylabel("token score per window (%)")
+    axes[0][-1].legend(loc="lower left", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def main() -> None:
@@ -57,18 +103,34 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="cases scored per run (the reference: 200)")
     parser.add_argument("--split", default="train", help="split to edit (default train: the test split has 100 cases)")
     parser.add_argument("--window", type=int, default=0, help="also print the scores per window of this many edits")
+    parser.add_argument("--data", default="default", help="world: default, full (the full-size world) or a KEBench directory")
+    parser.add_argument("--no-generate", action="store_true", help="token protocol only")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="hyper-parameter of every method run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: the window tables and curves of the runs in OUT, stopped ones up to where they got")
     args = parser.parse_args()
-    for method in args.methods:
+    windows: dict[int, dict[str, dict]] = {gap: {} for gap in args.gaps}
+    for method in args.methods if args.report_only else ():
+        for gap in args.gaps:
+            windows[gap][method] = window_scores(args.out / method / f"gap-{gap}", gap, args.window)
+            print(f"\n{method}, gap {gap}, per window of {args.window} edits:\n")
+            print(score_table(windows[gap][method], "token"), flush=True)
+    for method in () if args.report_only else args.methods:
+        data = str(cached_world(args.data)) if args.data in ("default", "full") else args.data
         started = time.perf_counter()
-        settings = RunSettings(method=method, out=args.out / method, split=args.split, limit=args.limit, bootstrap=0)
+        settings = RunSettings(method=method, out=args.out / method, data=data, split=args.split, limit=args.limit,
+                               bootstrap=0, generate=not args.no_generate, method_options=_method_options(args.set))
         root = runs.lifelong(settings, args.gaps)
-        print(f"\n{method} on the default world's {args.split} split, {args.limit} cases scored per gap "
-              f"({time.perf_counter() - started:.0f} s):\n")
+        print(f"\n{method} on the {args.data} world's {args.split} split, {args.limit} cases scored per gap "
+              f"({time.perf_counter() - started:.0f} s):\n", flush=True)
         print((root / runs.LIFELONG_TABLE).read_text())
         print(f"curves: {root / runs.LIFELONG_PLOT}")
         for gap in args.gaps if args.window > 0 else ():
+            windows[gap][method] = window_scores(root / f"gap-{gap}", gap, args.window)
             print(f"\n{method}, gap {gap}, per window of {args.window} edits:\n")
-            print(window_table(root / f"gap-{gap}" / PREDICTIONS_PARQUET, gap, args.window))
+            print(score_table(windows[gap][method], "token"), flush=True)
+    for gap, curves in windows.items() if args.window > 0 else ():
+        print(f"window curves: {plot_windows(curves, args.out / f'windows-gap-{gap}.png')}")
 
 
 if __name__ == "__main__":

@@ -55,10 +55,14 @@ def plot_scores(results: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def running_scores(predictions: Path, gap: int, config: str = DEFAULT_CONFIG) -> dict[str, list[float | None]]:
+def running_scores(
+    predictions: Path, gap: int, config: str = DEFAULT_CONFIG, points: int = 200,
+) -> dict[str, list[float | None]]:
     """The token-protocol scores of a gap run as it went: after its j-th scored case, the mean over
     cases 1..j (what the reference's running average logs), against the edits then in the model
-    (``j + gap``: the case's own, those before it and the ``gap`` after it). ``{"edits": [...], score: [...]}``."""
+    (``j + gap``: the case's own, those before it and the ``gap`` after it). ``{"edits": [...], score: [...]}``.
+    At most about ``points`` points, evenly spaced, and always the last (each point scores its whole
+    prefix, so a 1,000-case run would otherwise score half a million cases)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -69,7 +73,8 @@ def running_scores(predictions: Path, gap: int, config: str = DEFAULT_CONFIG) ->
     case_ids = list(dict.fromkeys(table.column("case_id").to_pylist()))
     metrics = config_metrics(config)
     curve: dict[str, list[float | None]] = {"edits": [], **{name: [] for name in metrics}}
-    for count in range(1, len(case_ids) + 1):
+    stride = max(1, len(case_ids) // points)
+    for count in sorted({*range(stride, len(case_ids) + 1, stride), len(case_ids)}):
         prefix = table.filter(pc.is_in(table.column("case_id"), value_set=pa.array(case_ids[:count])))
         scores = score_predictions(prefix, protocol="token", bootstrap=0)["scores"]
         curve["edits"].append(count + gap)

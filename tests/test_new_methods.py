@@ -4,6 +4,8 @@ they run sequentially, on every model family and through ``kebench run``."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 import torch
@@ -133,19 +135,48 @@ def test_ties_merge_trims_elects_the_sign_and_averages_the_agreeing_entries():
 def test_wise_shards_and_merges_and_restores_every_state(llava, test_cases, train_cases):
     wise = prepared("wise", llava, train_cases, {"edits_per_shard": 1, "merge_every": 2})
     before = model_state(llava.model)
-    cases = list(test_cases)[11:14]
+    cases = list(test_cases)[11:16]
     edits = []
     for index, case in enumerate(cases):
         torch.manual_seed(index)
         edits.append(wise.apply(llava, case))
-    assert wise.merged is not None and wise.merged.edits == 2 and len(wise.closed) == 1
-    assert len(wise.router.candidates) == 2  # the merged memory and the shard closed after it
+    # WISE-Retrieve: each merge of two shards stays a memory of its own
+    assert [m.edits for m in wise.merged] == [2, 2] and len(wise.closed) == 1
+    assert len(wise.router.candidates) == 3  # the two merged memories and the shard closed after them
     reliability = edits[-1].score([cases[-1].edit_query], [0])[0].answer_accuracy
     assert reliability == 1.0, "the last edit answers through its shard"
     for edit in reversed(edits):
         edit.restore()
     assert_restored(llava.model, before)
     assert wise.router is None and wise.total == 0
+
+
+def wise_steps(wise, llava, case, caplog) -> tuple[int, float, torch.Tensor]:
+    """``(steps trained, the loss of the last step's forward, the memory's trained delta)`` of one WISE edit,
+    restored after."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="editors.methods.wise"):
+        torch.manual_seed(0)
+        edit = wise.apply(llava, case)
+    delta = wise.current.delta.clone()
+    edit.restore()
+    steps, loss = re.search(r"trained (\d+) steps, last loss (\S+),", caplog.text).groups()
+    return int(steps), float(loss), delta
+
+
+def test_wise_stops_training_once_its_loss_is_below_stop_loss(llava, test_cases, train_cases, caplog):
+    case = test_cases[0]
+    steps, _, delta = wise_steps(prepared("wise", llava, train_cases, {"stop_loss": float("inf")}), llava, case, caplog)
+    assert steps == 0 and not delta.any(), "a loss below stop_loss before the first step: nothing trained"
+    steps, _, delta = wise_steps(prepared("wise", llava, train_cases, {"stop_loss": None, "steps": 3}), llava, case, caplog)
+    assert steps == 3 and delta.any(), "no stop_loss: every step"
+    stopped = 0
+    for case in list(test_cases)[:4]:
+        steps, loss, _ = wise_steps(prepared("wise", llava, train_cases, {"stop_loss": 5.0, "steps": 40}), llava,
+                                    case, caplog)
+        assert (steps < 40 and loss < 5.0) or steps == 40, (steps, loss)
+        stopped += steps < 40
+    assert stopped, "a loss of 5 (NLL and margins) is reached within 40 steps by most edits"
 
 
 @pytest.fixture(scope="module")

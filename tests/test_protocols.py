@@ -193,6 +193,7 @@ def test_lifelong_runs_each_gap_and_writes_table_curves_and_protocol(tiny_llava,
     assert protocol["edit_only_case_ids"] == cases[2:4]
     curve = running_scores(root / "gap-2" / "predictions.parquet", 2)
     assert curve["edits"] == [3, 4]
+    assert running_scores(root / "gap-2" / "predictions.parquet", 2, points=1)["edits"] == [4], "thinned: the last point stays"
     final = json.loads((root / "gap-2" / "scores.json").read_text())["token"]["scores"]
     assert curve["reliability"][-1] == pytest.approx(final["reliability"])
     table = (root / "lifelong.md").read_text()
