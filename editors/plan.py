@@ -41,11 +41,13 @@ ADAM_MOMENTS = 2 * FLOAT32
 class Workload:
     """The sizes of the data side: ``rows`` queries of a case scored in one batch, ``query_tokens``
     text tokens each (the model's image tokens come on top), an in-context prompt of
-    ``context_tokens`` tokens (IKE), ``image_tokens`` per image (None: the adapter's figure)."""
+    ``context_tokens`` tokens (IKE), the edit's fact of ``fact_tokens`` tokens in front of each query
+    SERAC's counterfactual model answers, ``image_tokens`` per image (None: the adapter's figure)."""
 
     rows: int = 6
     query_tokens: int = 48
     context_tokens: int = 32 * 32
+    fact_tokens: int = 32
     image_tokens: int | None = None
 
 
@@ -277,15 +279,19 @@ def _ft_vision(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: 
             "post-edit pass": {"snapshot": trained * size, **_forward(shape, workload.rows, query, size)}}
 
 
+def _in_context(shape: _Shape, rows: int, query: int, context: int, size: int) -> dict[str, int]:
+    """A no-gradient forward of ``rows`` queries behind the same ``context``: with KV-prefix reuse the
+    context runs once and its cache is repeated for every row, layer by layer (one layer's original
+    still held); without it every row runs its whole context."""
+    if not shape.prefix_cache:
+        return _forward(shape, rows, context + query, size)
+    terms = _forward(shape, rows, query, size, keys=context)
+    terms["key/value cache"] += 2 * context * shape.kv_width * size
+    return terms
+
+
 def _ike(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: int, size: int) -> dict[str, dict[str, int]]:
-    context = workload.context_tokens
-    if not shape.prefix_cache:  # every row runs its whole context
-        return {"post-edit pass": _forward(shape, workload.rows, context + query, size)}
-    prefix_cache = 2 * shape.layers * context * shape.kv_width * size
-    rows = _forward(shape, workload.rows, query, size, keys=context)
-    # the prefix's cache is repeated for every row, layer by layer (one layer's original still held)
-    rows["key/value cache"] += prefix_cache // shape.layers
-    return {"post-edit pass": rows}
+    return {"post-edit pass": _in_context(shape, workload.rows, query, workload.context_tokens, size)}
 
 
 def _weight_update(network_params: int, edited: int, shape: _Shape, workload: Workload, query: int,
@@ -306,10 +312,11 @@ def _hypernetwork(method_name: str) -> Callable[..., dict[str, dict[str, int]]]:
         from editors.training import edited_weights
 
         method = get_method(method_name)()
-        with init_empty_weights():
-            method.build(adapter)
-        edited = _numel(edited_weights(adapter, method.config.layers).values())
-        return _weight_update(_numel(method.network.parameters()), edited, shape, workload, query, size)
+        method.weights = edited_weights(adapter, method.config.layers)
+        with init_empty_weights():  # (build() would also move the network to the adapter's device)
+            network = method.build_network(adapter)
+        return _weight_update(_numel(network.parameters()), _numel(method.weights.values()), shape, workload, query,
+                              size)
 
     return phases
 
@@ -326,7 +333,8 @@ def _serac(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: int,
     # the counterfactual model is a whole copy of the base model carrying the trained layers
     return {"post-edit pass": {"counterfactual model": weights, "trained layers (float32)": counterfactual_layers * FLOAT32,
                                "scope classifier": _numel(classifier.parameters()) * FLOAT32,
-                               **_forward(shape, workload.rows, workload.query_tokens + query, size)}}
+                               # every query in scope: answered with the edit's fact in context
+                               **_in_context(shape, workload.rows, query, workload.fact_tokens, size)}}
 
 
 PHASES: dict[str, Callable[..., dict[str, dict[str, int]]]] = {
