@@ -294,12 +294,12 @@ def _ike(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: int, s
     return {"post-edit pass": _in_context(shape, workload.rows, query, workload.context_tokens, size)}
 
 
-def _weight_update(network_params: int, edited: int, shape: _Shape, workload: Workload, query: int,
+def _weight_update(network_params: int, edited: int, layers: int, shape: _Shape, workload: Workload, query: int,
                    size: int) -> dict[str, dict[str, int]]:
-    """MEND / KE: the hypernetwork (float32), the edit gradient's backward through the top layer, the
-    new weight values (float32) and the snapshot."""
+    """MEND / KE: the hypernetwork (float32), the edit gradient's backward through the top ``layers``
+    decoder layers (from the lowest edited one), the new weight values (float32) and the snapshot."""
     return {"edit": {"hypernetwork": network_params * FLOAT32, "snapshot": edited * size,
-                     "weight updates": edited * FLOAT32, **_backward_through(shape, 1, query, size)},
+                     "weight updates": edited * FLOAT32, **_backward_through(shape, layers, query, size)},
             "post-edit pass": {"hypernetwork": network_params * FLOAT32, "snapshot": edited * size,
                                **_forward(shape, workload.rows, query, size)}}
 
@@ -315,8 +315,9 @@ def _hypernetwork(method_name: str) -> Callable[..., dict[str, dict[str, int]]]:
         method.weights = edited_weights(adapter, method.config.layers)
         with init_empty_weights():  # (build() would also move the network to the adapter's device)
             network = method.build_network(adapter)
-        return _weight_update(_numel(network.parameters()), _numel(method.weights.values()), shape, workload, query,
-                              size)
+        backward = shape.layers - method.first_edited_layer(adapter)
+        return _weight_update(_numel(network.parameters()), _numel(method.weights.values()), backward, shape, workload,
+                              query, size)
 
     return phases
 
