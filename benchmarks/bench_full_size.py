@@ -36,6 +36,7 @@ from kebench_hf.paths import cache_dir
 from kebench_hf.world import cached_world
 
 POLL_SECONDS = 5
+SAMPLE_SECONDS = 30
 
 
 def session_wall(session: dict, out: Path) -> float:
@@ -57,12 +58,20 @@ def high_water_mib(process: psutil.Process) -> float:
     return process.memory_info().rss / 2**20
 
 
-def watch(child: subprocess.Popen, session: dict, save: Callable[[], None]) -> int:
-    """Wait for ``child``, recording the peak RSS of each process that edits (the leaves of its tree:
-    the run itself, or accelerate's workers) in ``session["peaks"]`` every few seconds."""
-    peaks = session.setdefault("peaks", {})
+def lines(out: Path) -> int:
+    """The cases written so far (lines of the run's and the shards' predictions files)."""
+    return sum(path.read_bytes().count(b"\n") for path in [*out.glob("*.jsonl"), *out.glob("shards/*.jsonl")])
+
+
+def watch(child: subprocess.Popen, out: Path, session: dict, save: Callable[[], None]) -> int:
+    """Wait for ``child``, recording every few seconds the peak RSS of each process that edits (the
+    leaves of its tree: the run itself, or accelerate's workers) in ``session["peaks"]``, and every
+    :data:`SAMPLE_SECONDS` ``[time, cases written, CPU seconds of the editing processes]`` in
+    ``session["samples"]``."""
+    peaks, samples = session.setdefault("peaks", {}), session.setdefault("samples", [])
     parents: set[str] = set()  # a launcher is a leaf until it starts its workers
     while child.poll() is None:
+        cpu = 0.0
         try:
             tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
             for process in tree:
@@ -72,11 +81,27 @@ def watch(child: subprocess.Popen, session: dict, save: Callable[[], None]) -> i
                     peaks.pop(pid, None)
                 elif pid not in parents:
                     peaks[pid] = max(peaks.get(pid, 0.0), high_water_mib(process))
+                    times = process.cpu_times()
+                    cpu += times.user + times.system
         except psutil.Error:  # a process ended between listing and reading
-            pass
-        save()
+            continue
+        if not samples or time.time() - samples[-1][0] >= SAMPLE_SECONDS:
+            samples.append([time.time(), lines(out), cpu])
+            save()
         time.sleep(POLL_SECONDS)
     return child.returncode
+
+
+def cpu_seconds_per_edit(sessions: list[dict]) -> float | None:
+    """CPU seconds per case, all editing processes together: the slope of their CPU time over the cases
+    written, between each session's first sample with a case written and its last (start-up excluded)."""
+    cpu = cases = 0.0
+    for session in sessions:
+        editing = [sample for sample in session.get("samples", []) if sample[1] > 0]
+        if len(editing) > 1 and editing[-1][1] > editing[0][1]:
+            cpu += editing[-1][2] - editing[0][2]
+            cases += editing[-1][1] - editing[0][1]
+    return cpu / cases if cases else None
 
 
 def written_cases(out: Path) -> list[dict]:
@@ -110,7 +135,7 @@ def run_once(data: Path, method: str, processes: int, limit: int | None, out: Pa
         sessions_path.write_text(json.dumps(sessions) + "\n")
 
     save()
-    code = watch(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}), session, save)
+    code = watch(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}), out, session, save)
     if code != 0:
         raise SystemExit(f"{' '.join(command)} failed (exit {code}); run the bench again to resume it")
     session["ended"] = time.time()
@@ -126,6 +151,7 @@ def measured(out: Path) -> dict | None:
     wall = sum(session_wall(session, out) for session in sessions)
     widest = max(sessions, key=lambda session: len(session.get("peaks", {})))
     figures = {"wall": wall, "sessions": len(sessions), "peaks": sorted(widest.get("peaks", {}).values()),
+               "cpu_per_edit": cpu_seconds_per_edit(sessions),
                "finished": (out / "run.json").exists() and "ended" in sessions[-1]}
     if figures["finished"]:
         info = json.loads((out / "run.json").read_text())
@@ -151,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         for scale, method, processes in runs:
             run_once(cached_world(scale), method, processes, args.limit, args.out / name(scale, method, processes, args.limit))
     print("| world | method | processes | cases | finished | sessions | wall s | s/edit (per process) | cases/s "
-          "| prepare s | peak RSS MiB of each editing process | main process's peak RSS MiB, with scoring |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU s/edit | prepare s | peak RSS MiB of each editing process | main process's peak RSS MiB, with scoring |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scale, method, processes in runs:
         m = measured(args.out / name(scale, method, processes, args.limit))
         if m is None:
@@ -160,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         peaks = " / ".join(f"{peak:.0f}" for peak in m["peaks"]) or "-"
         prepare = "-" if m["prepare"] is None else f"{m['prepare']:.0f}"
         final = "-" if m["final_peak"] is None else f"{m['final_peak']:.0f}"
+        cpu = "-" if m["cpu_per_edit"] is None else f"{m['cpu_per_edit']:.3f}"
         print(f"| {scale} | {method} | {processes} | {m['cases']} | {'yes' if m['finished'] else 'no'} | {m['sessions']} "
-              f"| {m['wall']:.0f} | {m['seconds_per_edit']:.3f} | {m['cases'] / max(m['wall'], 1e-9):.2f} | {prepare} "
+              f"| {m['wall']:.0f} | {m['seconds_per_edit']:.3f} | {m['cases'] / max(m['wall'], 1e-9):.2f} | {cpu} | {prepare} "
               f"| {peaks} | {final} |", flush=True)
     return 0
 

@@ -310,7 +310,7 @@ def _add_plan(subparsers: argparse._SubParsersAction) -> None:
         "(pre-edit pass, edit, post-edit pass); docs/models.md says what the terms assume.",
     )
     parser.add_argument("--model", required=True,
-                        help="model directory, hub id, or an offline shape: llava-1.5-7b, blip2-opt-2.7b, qwen2-vl-7b")
+                        help="model directory, hub id, or an offline shape: llava-1.5-7b, blip2-opt-2.7b, minigpt4-7b, qwen2-vl-7b")
     parser.add_argument("--method", required=True, help="editing method (ft-llm, ft-vision, ike, mend, ke, serac, none)")
     parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES, help="model dtype (default float32)")
     parser.add_argument("--gpu-memory", help="the GPU's memory (e.g. 80GiB, 24GB): say whether the run fits")

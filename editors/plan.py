@@ -132,6 +132,21 @@ def _blip2_opt_2_7b() -> Any:
     )
 
 
+def _minigpt4_7b() -> Any:
+    from transformers import Blip2Config
+
+    from editors.convert import EVA_VIT_G_HEADS
+
+    return Blip2Config(  # what kebench convert minigpt4 builds: EVA ViT-g/14 at 224 px, BLIP-2's Q-Former, Vicuna-7B
+        vision_config={"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39,
+                       "num_attention_heads": EVA_VIT_G_HEADS, "patch_size": 14, "image_size": 224, "qkv_bias": True},
+        text_config={"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,
+                     "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32001,
+                     "max_position_embeddings": 2048},
+        num_query_tokens=32,
+    )
+
+
 def _qwen2_vl_7b() -> Any:
     from transformers import Qwen2VLConfig
 
@@ -148,6 +163,7 @@ def _qwen2_vl_7b() -> Any:
 KNOWN_MODELS: dict[str, Callable[[], Any]] = {
     "llava-1.5-7b": _llava_1_5_7b,
     "blip2-opt-2.7b": _blip2_opt_2_7b,
+    "minigpt4-7b": _minigpt4_7b,
     "qwen2-vl-7b": _qwen2_vl_7b,
 }
 
@@ -178,7 +194,7 @@ def meta_adapter(config: Any) -> ModelAdapter:
 
     from editors.adapters import adapter_class
 
-    family = adapter_class(config.model_type)
+    family = adapter_class(config.model_type, config)
     with init_empty_weights(include_buffers=True):
         model = AutoModelForImageTextToText.from_config(config)
     return family(model, SimpleNamespace(tokenizer=_NoTokenizer()))

@@ -13,7 +13,7 @@ from editors.engine import Engine, EngineOptions, case_queries
 from editors.forward import shared_prefix_length
 from editors.methods import make_method
 from editors.methods.serac import SentenceEncoder, edit_context
-from editors.plan import KNOWN_MODELS, Workload, measured_peak, model_config, parse_memory, plan
+from editors.plan import KNOWN_MODELS, Workload, measured_peak, meta_adapter, model_config, parse_memory, plan
 from kebench_hf.cli import main
 from kebench_hf.world import default_world
 
@@ -91,6 +91,9 @@ def test_serac_plans_a_second_copy_of_the_model():
 
 def test_known_models_read_no_weights_and_have_their_families():
     assert {model_config(name).model_type for name in KNOWN_MODELS} == {"llava", "blip-2", "qwen2_vl"}
+    # MiniGPT-4 is a BLIP-2 with a Llama: its own adapter, told apart by the config
+    assert meta_adapter(model_config("minigpt4-7b")).family == "minigpt4"
+    assert meta_adapter(model_config("blip2-opt-2.7b")).family == "blip2"
 
 
 def test_memory_sizes_parse_and_a_bad_one_is_a_one_line_error(capsys):
