@@ -10,9 +10,11 @@ Resumable: a run directory left by an interrupted bench is continued (``kebench 
 finished is read back; ``--report`` only prints the table of what the run directories hold (a run still
 going or stopped: the cases written so far). The wall time of a run is the sum of its sessions' (each
 session's start and end are kept next to its run directory; a session stopped before its end counts until
-its last written case). Seconds per edit: the mean of each case's own time in the process that edited it,
-over every session (run.json's, or the written cases' while unfinished), so a resumed run's are those of
-its cases (each session's first case also carries the skipping of the cases done before it). Peak RSS per
+its last sample, see :func:`session_wall`). Seconds per edit: the mean of each case's own time in the
+process that edited it, over every session (run.json's, or the written cases' while unfinished), so a
+resumed run's are those of its cases (each session's first case also carries the skipping of the cases
+done before it). CPU seconds per edit: the editing processes' CPU time over the cases they wrote, start-up
+excluded (:func:`cpu_seconds_per_edit`): what a machine shared with others does not inflate. Peak RSS per
 process: each editing process's high-water mark (``VmHWM``, read every few seconds while it runs; of the
 session that edited most), and the main process's ``ru_maxrss`` at the end, after merging and scoring
 every case (run.json's ``peak_memory_mib``; finished runs only).
@@ -39,10 +41,13 @@ POLL_SECONDS = 5
 SAMPLE_SECONDS = 30
 
 
-def session_wall(session: dict, out: Path) -> float:
-    """A session's seconds; one stopped before its end: until the last case it wrote."""
+def session_wall(session: dict, out: Path, next_started: float | None) -> float:
+    """A session's seconds; one stopped before its end: until the last case written, or once another
+    session has started, until its last sample (none: until the next session started, an upper bound)."""
     if "ended" in session:
         return session["ended"] - session["started"]
+    if next_started is not None:
+        return max((sample[0] for sample in session.get("samples", [])), default=next_started) - session["started"]
     written = [path.stat().st_mtime for path in [*out.glob("*.jsonl"), *out.glob("shards/*.jsonl")]]
     return max([session["started"], *written]) - session["started"]
 
@@ -148,7 +153,8 @@ def measured(out: Path) -> dict | None:
     if not sessions_path.exists():
         return None
     sessions = json.loads(sessions_path.read_text())
-    wall = sum(session_wall(session, out) for session in sessions)
+    starts = [session["started"] for session in sessions[1:]] + [None]
+    wall = sum(session_wall(session, out, next_started) for session, next_started in zip(sessions, starts, strict=True))
     widest = max(sessions, key=lambda session: len(session.get("peaks", {})))
     figures = {"wall": wall, "sessions": len(sessions), "peaks": sorted(widest.get("peaks", {}).values()),
                "cpu_per_edit": cpu_seconds_per_edit(sessions),
