@@ -12,7 +12,7 @@ What the terms assume (and so what the estimate is not): attention through SDPA 
 loaded (``--editor``; its meta-training is not planned), SERAC's sentence encoder on the CPU, and a
 workload (:class:`Workload`): how many queries a case scores at once, how long they are, how long
 IKE's in-context prompt is. The defaults are KEBench's: 6 queries of a case, 48 text tokens each
-(plus the model's image tokens), 32 demonstrations of about 32 tokens.
+(plus the model's image tokens), 32 demonstrations of about 32 tokens, an edit fact of 32 (SERAC).
 
 :func:`measured_peak` is what the estimate is checked against on the CPU: the peak of the bytes
 torch allocates in a block (its profiler's allocation records), not the process's RSS.
