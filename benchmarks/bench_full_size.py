@@ -75,8 +75,8 @@ def watch(child: subprocess.Popen, out: Path, session: dict, save: Callable[[], 
     ``session["samples"]``."""
     peaks, samples = session.setdefault("peaks", {}), session.setdefault("samples", [])
     parents: set[str] = set()  # a launcher is a leaf until it starts its workers
+    cpu: dict[str, float] = {}  # each editing process's CPU seconds when last seen (one that ended keeps its own)
     while child.poll() is None:
-        cpu = 0.0
         try:
             tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
             for process in tree:
@@ -87,11 +87,11 @@ def watch(child: subprocess.Popen, out: Path, session: dict, save: Callable[[], 
                 elif pid not in parents:
                     peaks[pid] = max(peaks.get(pid, 0.0), high_water_mib(process))
                     times = process.cpu_times()
-                    cpu += times.user + times.system
+                    cpu[pid] = times.user + times.system
         except psutil.Error:  # a process ended between listing and reading
             continue
         if not samples or time.time() - samples[-1][0] >= SAMPLE_SECONDS:
-            samples.append([time.time(), lines(out), cpu])
+            samples.append([time.time(), lines(out), sum(cpu.values())])
             save()
         time.sleep(POLL_SECONDS)
     return child.returncode
