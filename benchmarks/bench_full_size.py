@@ -16,7 +16,7 @@ resumed run's are those of its cases (each session's first case also carries the
 done before it). CPU seconds per edit: the editing processes' CPU time over the cases they wrote, start-up
 excluded (:func:`cpu_seconds_per_edit`): what a machine shared with others does not inflate. Peak RSS per
 process: each editing process's high-water mark (``VmHWM``, read every few seconds while it runs; of the
-session that edited most), and the main process's ``ru_maxrss`` at the end, after merging and scoring
+last session, which edited the last cases), and the main process's ``ru_maxrss`` at the end, after merging and scoring
 every case (run.json's ``peak_memory_mib``; finished runs only).
 """
 
@@ -155,8 +155,8 @@ def measured(out: Path) -> dict | None:
     sessions = json.loads(sessions_path.read_text())
     starts = [session["started"] for session in sessions[1:]] + [None]
     wall = sum(session_wall(session, out, next_started) for session, next_started in zip(sessions, starts, strict=True))
-    widest = max(sessions, key=lambda session: len(session.get("peaks", {})))
-    figures = {"wall": wall, "sessions": len(sessions), "peaks": sorted(widest.get("peaks", {}).values()),
+    last = next((session for session in reversed(sessions) if session.get("peaks")), {})
+    figures = {"wall": wall, "sessions": len(sessions), "peaks": sorted(last.get("peaks", {}).values()),
                "cpu_per_edit": cpu_seconds_per_edit(sessions),
                "finished": (out / "run.json").exists() and "ended" in sessions[-1]}
     if figures["finished"]:
