@@ -297,7 +297,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     memory = parse_memory(args.gpu_memory) if args.gpu_memory else None
     given = {"rows": args.rows, "query_tokens": args.query_tokens, "context_tokens": args.context_tokens,
-             "image_tokens": args.image_tokens}
+             "fact_tokens": args.fact_tokens, "image_tokens": args.image_tokens}
     workload = Workload(**{name: value for name, value in given.items() if value is not None})
     print(plan(args.model, args.method, args.dtype, workload).format(memory))
     return 0
@@ -310,13 +310,15 @@ def _add_plan(subparsers: argparse._SubParsersAction) -> None:
         "(pre-edit pass, edit, post-edit pass); docs/models.md says what the terms assume.",
     )
     parser.add_argument("--model", required=True,
-                        help="model directory, hub id, or an offline shape: llava-1.5-7b, blip2-opt-2.7b, qwen2-vl-7b")
+                        help="model directory, hub id, or an offline shape: llava-1.5-7b, blip2-opt-2.7b, minigpt4-7b, qwen2-vl-7b")
     parser.add_argument("--method", required=True, help="editing method (ft-llm, ft-vision, ike, mend, ke, serac, none)")
     parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES, help="model dtype (default float32)")
     parser.add_argument("--gpu-memory", help="the GPU's memory (e.g. 80GiB, 24GB): say whether the run fits")
     parser.add_argument("--rows", type=int, help="queries of a case scored in one batch (default 6)")
     parser.add_argument("--query-tokens", type=int, help="text tokens of the longest query (default 48)")
     parser.add_argument("--context-tokens", type=int, help="tokens of IKE's longest in-context prompt (default 1024)")
+    parser.add_argument("--fact-tokens", type=int,
+                        help="tokens of the edit's fact SERAC's counterfactual model reads before a query (default 32)")
     parser.add_argument("--image-tokens", type=int, help="positions per image (default: the model's)")
     parser.set_defaults(func=_plan)
 

@@ -12,7 +12,7 @@ What the terms assume (and so what the estimate is not): attention through SDPA 
 loaded (``--editor``; its meta-training is not planned), SERAC's sentence encoder on the CPU, and a
 workload (:class:`Workload`): how many queries a case scores at once, how long they are, how long
 IKE's in-context prompt is. The defaults are KEBench's: 6 queries of a case, 48 text tokens each
-(plus the model's image tokens), 32 demonstrations of about 32 tokens.
+(plus the model's image tokens), 32 demonstrations of about 32 tokens, an edit fact of 32 (SERAC).
 
 :func:`measured_peak` is what the estimate is checked against on the CPU: the peak of the bytes
 torch allocates in a block (its profiler's allocation records), not the process's RSS.
@@ -41,11 +41,13 @@ ADAM_MOMENTS = 2 * FLOAT32
 class Workload:
     """The sizes of the data side: ``rows`` queries of a case scored in one batch, ``query_tokens``
     text tokens each (the model's image tokens come on top), an in-context prompt of
-    ``context_tokens`` tokens (IKE), ``image_tokens`` per image (None: the adapter's figure)."""
+    ``context_tokens`` tokens (IKE), the edit's fact of ``fact_tokens`` tokens in front of each query
+    SERAC's counterfactual model answers, ``image_tokens`` per image (None: the adapter's figure)."""
 
     rows: int = 6
     query_tokens: int = 48
     context_tokens: int = 32 * 32
+    fact_tokens: int = 32
     image_tokens: int | None = None
 
 
@@ -130,6 +132,21 @@ def _blip2_opt_2_7b() -> Any:
     )
 
 
+def _minigpt4_7b() -> Any:
+    from transformers import Blip2Config
+
+    from editors.convert import EVA_VIT_G_HEADS
+
+    return Blip2Config(  # what kebench convert minigpt4 builds: EVA ViT-g/14 at 224 px, BLIP-2's Q-Former, Vicuna-7B
+        vision_config={"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39,
+                       "num_attention_heads": EVA_VIT_G_HEADS, "patch_size": 14, "image_size": 224, "qkv_bias": True},
+        text_config={"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,
+                     "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32001,
+                     "max_position_embeddings": 2048},
+        num_query_tokens=32,
+    )
+
+
 def _qwen2_vl_7b() -> Any:
     from transformers import Qwen2VLConfig
 
@@ -146,6 +163,7 @@ def _qwen2_vl_7b() -> Any:
 KNOWN_MODELS: dict[str, Callable[[], Any]] = {
     "llava-1.5-7b": _llava_1_5_7b,
     "blip2-opt-2.7b": _blip2_opt_2_7b,
+    "minigpt4-7b": _minigpt4_7b,
     "qwen2-vl-7b": _qwen2_vl_7b,
 }
 
@@ -176,7 +194,7 @@ def meta_adapter(config: Any) -> ModelAdapter:
 
     from editors.adapters import adapter_class
 
-    family = adapter_class(config.model_type)
+    family = adapter_class(config.model_type, config)
     with init_empty_weights(include_buffers=True):
         model = AutoModelForImageTextToText.from_config(config)
     return family(model, SimpleNamespace(tokenizer=_NoTokenizer()))
@@ -277,23 +295,27 @@ def _ft_vision(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: 
             "post-edit pass": {"snapshot": trained * size, **_forward(shape, workload.rows, query, size)}}
 
 
+def _in_context(shape: _Shape, rows: int, query: int, context: int, size: int) -> dict[str, int]:
+    """A no-gradient forward of ``rows`` queries behind the same ``context``: with KV-prefix reuse the
+    context runs once and its cache is repeated for every row, layer by layer (one layer's original
+    still held); without it every row runs its whole context."""
+    if not shape.prefix_cache:
+        return _forward(shape, rows, context + query, size)
+    terms = _forward(shape, rows, query, size, keys=context)
+    terms["key/value cache"] += 2 * context * shape.kv_width * size
+    return terms
+
+
 def _ike(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: int, size: int) -> dict[str, dict[str, int]]:
-    context = workload.context_tokens
-    if not shape.prefix_cache:  # every row runs its whole context
-        return {"post-edit pass": _forward(shape, workload.rows, context + query, size)}
-    prefix_cache = 2 * shape.layers * context * shape.kv_width * size
-    rows = _forward(shape, workload.rows, query, size, keys=context)
-    # the prefix's cache is repeated for every row, layer by layer (one layer's original still held)
-    rows["key/value cache"] += prefix_cache // shape.layers
-    return {"post-edit pass": rows}
+    return {"post-edit pass": _in_context(shape, workload.rows, query, workload.context_tokens, size)}
 
 
-def _weight_update(network_params: int, edited: int, shape: _Shape, workload: Workload, query: int,
+def _weight_update(network_params: int, edited: int, layers: int, shape: _Shape, workload: Workload, query: int,
                    size: int) -> dict[str, dict[str, int]]:
-    """MEND / KE: the hypernetwork (float32), the edit gradient's backward through the top layer, the
-    new weight values (float32) and the snapshot."""
+    """MEND / KE: the hypernetwork (float32), the edit gradient's backward through the top ``layers``
+    decoder layers (from the lowest edited one), the new weight values (float32) and the snapshot."""
     return {"edit": {"hypernetwork": network_params * FLOAT32, "snapshot": edited * size,
-                     "weight updates": edited * FLOAT32, **_backward_through(shape, 1, query, size)},
+                     "weight updates": edited * FLOAT32, **_backward_through(shape, layers, query, size)},
             "post-edit pass": {"hypernetwork": network_params * FLOAT32, "snapshot": edited * size,
                                **_forward(shape, workload.rows, query, size)}}
 
@@ -306,10 +328,12 @@ def _hypernetwork(method_name: str) -> Callable[..., dict[str, dict[str, int]]]:
         from editors.training import edited_weights
 
         method = get_method(method_name)()
-        with init_empty_weights():
-            method.build(adapter)
-        edited = _numel(edited_weights(adapter, method.config.layers).values())
-        return _weight_update(_numel(method.network.parameters()), edited, shape, workload, query, size)
+        method.weights = edited_weights(adapter, method.config.layers)
+        with init_empty_weights():  # (build() would also move the network to the adapter's device)
+            network = method.build_network(adapter)
+        backward = shape.layers - method.first_edited_layer(adapter)
+        return _weight_update(_numel(network.parameters()), _numel(method.weights.values()), backward, shape, workload,
+                              query, size)
 
     return phases
 
@@ -326,7 +350,8 @@ def _serac(adapter: ModelAdapter, shape: _Shape, workload: Workload, query: int,
     # the counterfactual model is a whole copy of the base model carrying the trained layers
     return {"post-edit pass": {"counterfactual model": weights, "trained layers (float32)": counterfactual_layers * FLOAT32,
                                "scope classifier": _numel(classifier.parameters()) * FLOAT32,
-                               **_forward(shape, workload.rows, workload.query_tokens + query, size)}}
+                               # every query in scope: answered with the edit's fact in context
+                               **_in_context(shape, workload.rows, query, workload.fact_tokens, size)}}
 
 
 PHASES: dict[str, Callable[..., dict[str, dict[str, int]]]] = {

@@ -189,9 +189,10 @@ def run(settings: RunSettings) -> dict[str, Any]:
     others = set(rows["case_id"]) - set(mine)
     run_dir.append(engine.run(_cases(rows, done | others), sequential=settings.sequential), total=len(mine),
                    initial=len(done.intersection(mine)))
+    run_dir.editing_peak_memory_mib = peak_memory_mib(device)
     if group.count == 1:
         return run_dir.finish(adapter, method, rows)
-    run_dir.close_shard(len(mine), peak_memory_mib(device))
+    run_dir.close_shard(len(mine), run_dir.editing_peak_memory_mib)
     group.wait()
     if not group.is_main:
         return {}

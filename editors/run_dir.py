@@ -133,6 +133,8 @@ class Run:
         self.done: dict[str, dict[str, Any]] = {}
         #: seconds per successful edit in this session
         self.edit_seconds: list[float] = []
+        #: this process's peak memory once its cases are edited (before merging and scoring)
+        self.editing_peak_memory_mib: float | None = None
 
     def begin(self, model: str, data: str, prepare_seconds: float) -> set[str]:
         """Create the directory and read the cases finished before, by any process of any session (a
@@ -289,6 +291,7 @@ class Run:
             "processes": self.processes,
             "shards": getattr(self, "shard_times", []),
             "peak_memory_mib": peak_memory_mib(settings.device),
+            "editing_peak_memory_mib": self.editing_peak_memory_mib,
             "versions": package_versions(),
         }
 
