@@ -151,6 +151,17 @@ def test_qwen2_vl_none_gives_the_reference_loops_base_portability(ours, tiny_wor
     _assert_close(scores["scores"], expected)
 
 
+def test_ft_vision_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records):
+    # hparams/FT/llava_mmproj.yaml: every mm_projector parameter (weights and biases), 10 steps
+    scores, info = ours("ft-vision", lr="5e-3")
+    assert info["hyperparameters"]["steps"] == 10 and info["hyperparameters"]["parameters"] == "reference"
+    model, processor = reference_model
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=10, lr=5e-3,
+                                           stale_baseline=False, vision=True)
+    _assert_close(scores["scores"], expected)
+    assert expected["t_locality"] == 100.0  # the projector is no part of a text-only query
+
+
 def test_stale_baseline_changes_locality_only(ours):
     clean, _ = ours("ft-llm", lr="5e-3", reference_stale_baseline="false")
     stale, _ = ours("ft-llm", lr="5e-3", reference_stale_baseline="true")
@@ -230,6 +241,31 @@ def test_ft_llm_sequential_gap_gives_the_reference_loops_six_scores(ours, tiny_w
     protocol = info["edit_protocol"]
     assert (protocol["name"], protocol["gap"], protocol["scored_cases"]) == ("sequential_gap", GAP, GAP_LIMIT)
     assert len(protocol["edit_only_case_ids"]) == GAP
+
+
+def test_ft_vision_sequential_gap_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model):
+    # test_sequential_editing.py test_LLaVA_FT_VIS: hparams/FT/llava_mmproj.yaml, every mm_projector
+    # parameter, 10 steps (lr 5e-3 as for FT-LLM, so that the tiny model's edits move something)
+    scores, info = ours("ft-vision", config="multihop", gap=GAP, limit=GAP_LIMIT, lr="5e-3")
+    assert info["hyperparameters"]["steps"] == 10 and info["hyperparameters"]["parameters"] == "reference"
+    model, processor = reference_model
+    records = reference_loop.load_records(tiny_world, "eval_multihop.json", size=None, hop=1)
+    expected = reference_loop.reference_ft_gap(model, processor, tiny_world / "mmkb_images", records, steps=10,
+                                               lr=5e-3, gap=GAP, test_num=GAP_LIMIT, vision=True)
+    assert scores["counts"]["reliability"] == GAP_LIMIT
+    _assert_close(scores["scores"], expected)
+    assert expected["t_locality"] == 100.0  # the projector is no part of a text-only query
+
+
+def test_none_sequential_gap_scores_the_first_cases_unedited(ours, tiny_world, reference_model):
+    # the reference runs no unedited model under the gap: with nothing edited the protocol reduces to
+    # the first GAP_LIMIT cases scored on the unedited model, pre-edit outputs included
+    scores, info = ours("none", config="multihop", gap=GAP, limit=GAP_LIMIT)
+    model, processor = reference_model
+    records = reference_loop.load_records(tiny_world, "eval_multihop.json", size=None, hop=1)[:GAP_LIMIT]
+    expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records)
+    assert scores["counts"]["reliability"] == GAP_LIMIT and info["edit_protocol"]["gap"] == GAP
+    _assert_close(scores["scores"], expected)
 
 
 # -- the pieces --------------------------------------------------------------------------------------
