@@ -1,4 +1,5 @@
-"""An independent re-implementation of the reference's evaluation loop (VLKEB/VLKEB), for LLaVA.
+"""An independent re-implementation of the reference's evaluation loop (VLKEB/VLKEB), for LLaVA,
+BLIP-2 and Qwen-VL (as the tiny Qwen2-VL).
 
 Written from the reference's code, not from ours: it imports nothing of ``editors`` or ``metric``,
 only torch, transformers, sentence-transformers and the model. It reads the release files as the
@@ -9,9 +10,12 @@ a time, batch size 1, every query tokenized on its own:
   (``trainer/llava/model/language_model/llava_llama.py``, ``prepare_inputs_from_batch``);
 * labels: ``tokenizer(answer, add_special_tokens=False)``, compared with
   ``logits[:-1][-len(labels):].argmax(-1)`` (``trainer/losses.py``, ``multiclass_log_probs``);
-* FT (``trainer/algs/FT.py``): torch AdamW at ``edit_lr`` on ``up_proj``/``down_proj`` of the last
-  layer for a fixed number of steps; the weights are put back only when the *next* edit starts,
-  after that case's pre-edit locality logits were taken (``stale_baseline=True``, the reference
+* Qwen-VL (``coco_caption.py``): ``tok(f"Picture 1: <img>{path}</img>\\n{q} {a}")``, text only
+  ``tok(f"{q} {a}")``, each string whole, with Qwen2-VL's vision markers for ``<img>``/``</img>``;
+* FT (``trainer/algs/FT.py``): torch AdamW at ``edit_lr`` on the yaml's ``inner_params`` (LLaVA:
+  ``up_proj``/``down_proj`` of the last layer; FT-vision: the projector) for a fixed number of
+  steps; the weights are put back only when the *next* edit starts, after that case's pre-edit
+  locality logits were taken (``stale_baseline=True``, the reference
   as written) or right after scoring (``stale_baseline=False``, the corrected loop);
 * trainer-path locality (``trainer/MultimodalTrainer.py``, ``edit_step``): top-1 (text) / top-10
   (image) of every logits position, pre vs post, element-wise;
@@ -26,7 +30,7 @@ a time, batch size 1, every query tokenized on its own:
   case's first edit starts;
 * the sequential gap protocol (``multihop_and_sequential`` branch: ``test_sequential_editing.py``,
   ``MultimodalTrainer.test_sequencial``): the locality logits of the first ``test_num`` cases on
-  the unedited model first; then FT edits every case in order and never restores (``FT.py`` there
+  the unedited model first; then FT (or FT-vision) edits every case in order and never restores (``FT.py`` there
   has the restore commented out); once edit ``s >= gap`` is made, case ``s - gap`` is scored on the
   six scores against its stored locality logits; it stops when every stored case is scored;
 * each score is the mean over cases of the per-case accuracy, in percent.
@@ -85,11 +89,20 @@ def load_onehop_records(data_dir: Path, file: str, size: int | None) -> list[dic
 class ReferenceLLaVA:
     """The tiny LLaVA driven the way the reference drives LLaVA-1.5."""
 
+    #: IKE's labels are ``tok(ike_answer_prefix + answer, add_special_tokens=False)``
+    #: (``evaluate.py``, ``prepare_multimodal_edit``: a leading space for Qwen-VL only)
+    ike_answer_prefix = ""
+
     def ft_parameter_names(self) -> set[str]:
         """``hparams/FT/llava.yaml`` ``inner_params``: up/down projections of the last layer."""
         last = len(self.model.model.language_model.layers) - 1
         return {f"model.language_model.layers.{last}.mlp.up_proj.weight",
                 f"model.language_model.layers.{last}.mlp.down_proj.weight"}
+
+    def ft_vision_parameter_names(self) -> set[str]:
+        """``hparams/FT/llava_mmproj.yaml`` ``inner_params: [mm_projector]``: every parameter whose
+        name holds it (``FT.edit``), weights and biases; HF LLaVA calls it ``multi_modal_projector``."""
+        return {name for name, _ in self.model.named_parameters() if "multi_modal_projector" in name}
 
     def __init__(self, model: Any, processor: Any, images_root: Path) -> None:
         self.model = model
@@ -114,15 +127,17 @@ class ReferenceLLaVA:
             inputs["pixel_values"] = self.image(image)
         return self.model(input_ids=torch.tensor([ids]), **inputs).logits[0]
 
-    def labels(self, answer: str, special_tokens: bool = False) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(answer, add_special_tokens=special_tokens)["input_ids"])
+    def labels(self, answer: str, special_tokens: bool = False, prefix: str = "") -> torch.Tensor:
+        return torch.tensor(self.tokenizer(prefix + answer, add_special_tokens=special_tokens)["input_ids"])
 
-    def answer_logits(self, text: str, image: str | None, answer: str, special_tokens: bool = False) -> torch.Tensor:
-        labels = self.labels(answer, special_tokens)
+    def answer_logits(self, text: str, image: str | None, answer: str, special_tokens: bool = False,
+                      prefix: str = "") -> torch.Tensor:
+        labels = self.labels(answer, special_tokens, prefix)
         return self.logits(f"{text} {answer}", image)[:-1][-len(labels):]
 
-    def accuracy(self, text: str, image: str | None, answer: str) -> float:
-        return float((self.answer_logits(text, image, answer).argmax(-1) == self.labels(answer)).float().mean())
+    def accuracy(self, text: str, image: str | None, answer: str, prefix: str = "") -> float:
+        predicted = self.answer_logits(text, image, answer, prefix=prefix).argmax(-1)
+        return float((predicted == self.labels(answer, prefix=prefix)).float().mean())
 
 
 class ReferenceBLIP2(ReferenceLLaVA):
@@ -150,6 +165,42 @@ class ReferenceBLIP2(ReferenceLLaVA):
         return self.model(input_ids=torch.tensor([queries + ids]), pixel_values=self.image(image)).logits[0]
 
 
+class ReferenceQwenVL(ReferenceLLaVA):
+    """The tiny Qwen2-VL driven as the reference drives Qwen-VL (``easyeditor/dataset/coco_caption.py``
+    ``collate_fn``, ``trainer/algs/FT.py`` ``forward``/``edit``: ``self.model(batch["inputs"])``):
+    with an image ``tok(f"Picture 1: <img>{path}</img>\\n{q} {a}")``, Qwen2-VL's
+    ``<|vision_start|>``/``<|vision_end|>`` standing for ``<img>``/``</img>`` and its processor
+    expanding the image pads between them; without one ``tok(f"{q} {a}")``. Each string goes to the
+    tokenizer (or processor) whole, with its default special tokens."""
+
+    ike_answer_prefix = " "
+
+    def __init__(self, model: Any, processor: Any, images_root: Path) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.images_root = Path(images_root)
+
+    def ft_parameter_names(self) -> set[str]:
+        """``hparams/FT/qwenvl.yaml`` ``inner_params``: ``w1``, ``w2``, ``c_proj`` of the last layer,
+        Qwen-VL's whole MLP (up, gate, down: here ``up_proj``, ``gate_proj``, ``down_proj``)."""
+        last = len(self.model.model.language_model.layers) - 1
+        return {f"model.language_model.layers.{last}.mlp.{name}.weight" for name in ("gate_proj", "up_proj", "down_proj")}
+
+    def ft_vision_parameter_names(self) -> set[str]:
+        """``hparams/FT/qwenvl_vit.yaml``: the last ViT block's MLP, weights and biases."""
+        last = len(self.model.model.visual.blocks) - 1
+        return {name for name, _ in self.model.named_parameters() if name.startswith(f"model.visual.blocks.{last}.mlp.")}
+
+    def logits(self, text: str, image: str | None) -> torch.Tensor:
+        if image is None:
+            return self.model(input_ids=torch.tensor([self.tokenizer(text)["input_ids"]])).logits[0]
+        picture = Image.open(self.images_root / image).convert("RGB")
+        inputs = self.processor(text=[f"Picture 1: <|vision_start|><|image_pad|><|vision_end|>\n{text}"],
+                                images=[picture], return_tensors="pt")
+        return self.model(**inputs).logits[0]
+
+
 def topk_agreement(pre: torch.Tensor, post: torch.Tensor, k: int) -> float:
     """``sum(post_topk.view(-1) == pre_topk.view(-1)) / n`` (top-k of the softmax, as the reference)."""
     pre_top = torch.topk(torch.softmax(pre.float(), dim=-1), k=k, dim=-1).indices.view(-1)
@@ -163,16 +214,17 @@ def _means(per_case: list[dict[str, float]], names: tuple[str, ...] = SCORE_NAME
 
 
 class ReferenceFT:
-    """``trainer/algs/FT.py`` on LLaVA (``hparams/FT/llava.yaml``) or BLIP-2 (``blip2.yaml``,
-    ``family=ReferenceBLIP2``): the model cast to float32, the yaml's ``inner_params`` trained by a
-    fresh torch AdamW per edit."""
+    """``trainer/algs/FT.py`` on LLaVA (``hparams/FT/llava.yaml``), BLIP-2 (``blip2.yaml``,
+    ``family=ReferenceBLIP2``) or Qwen-VL (``qwenvl.yaml``, ``family=ReferenceQwenVL``): the model
+    cast to float32, the yaml's ``inner_params`` trained by a fresh torch AdamW per edit; with
+    ``vision=True`` the FT-vision yaml's (``llava_mmproj.yaml``, ``qwenvl_vit.yaml``)."""
 
     def __init__(self, model: Any, processor: Any, images_root: Path, steps: int, lr: float,
-                 family: type[ReferenceLLaVA] = ReferenceLLaVA) -> None:
+                 family: type[ReferenceLLaVA] = ReferenceLLaVA, vision: bool = False) -> None:
         self.model = copy.deepcopy(model).float()
         self.llava = family(self.model, processor, images_root)
         self.steps, self.lr = steps, lr
-        names = self.llava.ft_parameter_names()
+        names = self.llava.ft_vision_parameter_names() if vision else self.llava.ft_parameter_names()
         self.weights = {name: param for name, param in self.model.named_parameters() if name in names}
         assert set(self.weights) == names, f"missing {names - set(self.weights)}"
         for name, param in self.model.named_parameters():
@@ -221,9 +273,11 @@ class ReferenceFT:
 
 
 def reference_ft(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int, lr: float,
-                 stale_baseline: bool, family: type[ReferenceLLaVA] = ReferenceLLaVA) -> dict[str, float | None]:
-    """The reference's FT-LLM on LLaVA (or BLIP-2), scored as ``MultimodalTrainer`` (main branch)."""
-    ft = ReferenceFT(model, processor, images_root, steps, lr, family)
+                 stale_baseline: bool, family: type[ReferenceLLaVA] = ReferenceLLaVA,
+                 vision: bool = False) -> dict[str, float | None]:
+    """The reference's FT-LLM (FT-vision with ``vision``) on LLaVA, BLIP-2 or Qwen-VL, scored as
+    ``MultimodalTrainer`` (main branch)."""
+    ft = ReferenceFT(model, processor, images_root, steps, lr, family, vision)
     saved: dict[str, torch.Tensor] | None = None
     per_case = []
     for record in records:
@@ -265,9 +319,10 @@ def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: 
 
 
 def reference_ft_gap(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]], steps: int,
-                     lr: float, gap: int, test_num: int) -> dict[str, float | None]:
-    """``MultimodalTrainer.test_sequencial(test_num=test_num, gap_num=gap)`` with FT-LLM on LLaVA."""
-    ft = ReferenceFT(model, processor, images_root, steps, lr)
+                     lr: float, gap: int, test_num: int, vision: bool = False) -> dict[str, float | None]:
+    """``MultimodalTrainer.test_sequencial(test_num=test_num, gap_num=gap)`` with FT-LLM (or, with
+    ``vision``, FT-vision: ``test_LLaVA_FT_VIS``, ``hparams/FT/llava_mmproj.yaml``) on LLaVA."""
+    ft = ReferenceFT(model, processor, images_root, steps, lr, vision=vision)
     stored = [(record, ft.locality_logits(record)) for record in records[:test_num]]
     per_case = []
     for step, record in enumerate(records):
@@ -292,37 +347,43 @@ def ike_sentences(train: list[dict[str, Any]]) -> list[str]:
 
 
 def _ike_case(llava: ReferenceLLaVA, record: dict[str, Any], icl: str) -> dict[str, float]:
-    """``compute_icl_multimodal_edit_quality`` (post-edit) of one record, context ``icl``."""
+    """``compute_icl_multimodal_edit_quality`` (post-edit) of one record, context ``icl``: every
+    label ``tok(llava.ike_answer_prefix + answer)`` (``prepare_multimodal_edit``)."""
     src, alt = record["src"], record["alt"]
+    prefix = llava.ike_answer_prefix
+
+    def accuracy(question: str, image: str | None, answer: str) -> float:
+        return llava.accuracy(prompt(question), image, answer, prefix)
 
     def prompt(question: str) -> str:
         return icl + f"New Fact: {src} {alt}\nPrompt: {question}"
 
     def answer_only(question: str, image: str | None, answer: str, topk: int) -> float:
         # icl_multimodal_loc_logits: pre without any context, post with it, answer positions only
-        pre = llava.answer_logits(question, image, answer)
-        post = llava.answer_logits(prompt(question), image, answer)
+        pre = llava.answer_logits(question, image, answer, prefix=prefix)
+        post = llava.answer_logits(prompt(question), image, answer, prefix=prefix)
         return topk_agreement(pre, post, topk)
 
     scores = {
-        "reliability": llava.accuracy(prompt(src), record["image"], alt),
-        "t_generality": llava.accuracy(prompt(record["rephrase"]), record["image"], alt),
-        "i_generality": llava.accuracy(prompt(src), record["image_rephrase"], alt),
+        "reliability": accuracy(src, record["image"], alt),
+        "t_generality": accuracy(record["rephrase"], record["image"], alt),
+        "i_generality": accuracy(src, record["image_rephrase"], alt),
         "t_locality": answer_only(record["loc"], None, record["loc_ans"], 1),
         "i_locality": answer_only(record["m_loc_q"], record["m_loc"], record["m_loc_a"], 10),
     }
     if "port" in record:
-        scores["portability"] = llava.accuracy(prompt(record["port"][0]), record["image"], record["port"][1])
+        scores["portability"] = accuracy(record["port"][0], record["image"], record["port"][1])
     return scores
 
 
 def reference_ike(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]],
-                  train: list[dict[str, Any]], sentence_model: Any, k: int) -> dict[str, float | None]:
-    """The reference's IKE on LLaVA (``apply_ike_to_multimodal_model`` +
+                  train: list[dict[str, Any]], sentence_model: Any, k: int,
+                  family: type[ReferenceLLaVA] = ReferenceLLaVA) -> dict[str, float | None]:
+    """The reference's IKE on LLaVA or Qwen-VL (``apply_ike_to_multimodal_model`` +
     ``compute_icl_multimodal_edit_quality``)."""
     from sentence_transformers import util
 
-    llava = ReferenceLLaVA(model, processor, images_root)
+    llava = family(model, processor, images_root)
     stored = ike_sentences(train)
     stored_embeddings = util.normalize_embeddings(torch.tensor(sentence_model.encode(stored)))
     per_case = []
@@ -338,11 +399,12 @@ def reference_ike(model: Any, processor: Any, images_root: Path, records: list[d
     return _means(per_case)
 
 
-def reference_none(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]]) -> dict[str, float | None]:
+def reference_none(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]],
+                   family: type[ReferenceLLaVA] = ReferenceLLaVA) -> dict[str, float | None]:
     """The unedited model: portability as the reference's ``test_base_portability.py``
     (``multihop_and_sequential`` branch, ``MultimodalTrainer.knowledge_qa``); beside it (ours, in the
     same text form) the edit queries against the old answer, and locality, 100 with nothing edited."""
-    llava = ReferenceLLaVA(model, processor, images_root)
+    llava = family(model, processor, images_root)
     per_case = []
     with torch.no_grad():
         for record in records:

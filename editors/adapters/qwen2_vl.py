@@ -76,11 +76,15 @@ class Qwen2VLAdapter(ChatTemplateAdapter):
 
     def reference_row(self, text: str, image_ids: list[int] | None) -> list[int]:
         """Qwen-VL's ``tok(f"Picture 1: <img>{path}</img>\\n{text}")`` (``coco_caption.py``), with this
-        family's vision start/end tokens for ``<img>``/``</img>``; text only: ``tok(text)``."""
+        family's vision start/end tokens for ``<img>``/``</img>``; text only: ``tok(text)``. The whole
+        string goes through the tokenizer, so its special tokens (a BOS, where it adds one) are where
+        the reference's are; the image's tokens (start, pads, end) then replace the two markers."""
         if image_ids is None:
             return self.tokenizer(text)["input_ids"]
-        before = self.tokenizer("Picture 1: ", add_special_tokens=False)["input_ids"]
-        return before + image_ids + self.tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
+        start, end = "<|vision_start|>", "<|vision_end|>"
+        ids = self.tokenizer(f"Picture 1: {start}{end}\n{text}")["input_ids"]
+        at = ids.index(self.tokenizer.convert_tokens_to_ids(start))
+        return ids[:at] + image_ids + ids[at + 2 :]
 
     def reference_mlp_parameters(self, layer: int) -> list[nn.Parameter]:
         """Qwen-VL's reference FT trains the whole MLP (``w1``, ``w2``, ``c_proj``): here gate, up, down."""
