@@ -100,6 +100,12 @@ def finished_cases(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def _without_rows(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What a run keeps in memory of its finished cases: no prediction rows (they stay on disk until
+    scoring), so an editing process's memory does not grow with the cases it has done."""
+    return {case_id: {k: v for k, v in record.items() if k != "rows"} for case_id, record in records.items()}
+
+
 def _rewrite_jsonl(path: Path, records: dict[str, dict[str, Any]]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text("".join(json.dumps(record) + "\n" for record in records.values()))
@@ -129,7 +135,7 @@ class Run:
         self.model = str(settings.model) if settings.model else None
         self.data = str(settings.data) if settings.data else None
         self.prepare_seconds = 0.0
-        #: every finished case's record by case id, this session's and earlier ones'
+        #: every finished case's record by case id (its rows left on disk), this session's and earlier ones'
         self.done: dict[str, dict[str, Any]] = {}
         #: seconds per successful edit in this session
         self.edit_seconds: list[float] = []
@@ -141,9 +147,10 @@ class Run:
         torn last line is dropped from this process's file before anything is appended); returns their ids."""
         self.model, self.data, self.prepare_seconds = model, data, prepare_seconds
         self.sink.parent.mkdir(parents=True, exist_ok=True)
-        self.done = self._finished()
+        finished = self._finished()
+        self.done = _without_rows(finished)
         if self.processes == 1:  # (an interrupted run of several processes resumed by one: its shards join the file)
-            _rewrite_jsonl(self.jsonl, self.done)
+            _rewrite_jsonl(self.jsonl, finished)
             self._remove_shards()
         else:
             _rewrite_jsonl(self.sink, finished_cases(self.sink))
@@ -172,7 +179,7 @@ class Run:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 os.fsync(sink.fileno())
-                self.done[result.case_id] = record
+                self.done[result.case_id] = {"case_id": result.case_id, "error": result.error, "seconds": seconds}
                 if result.error is None:
                     self.edit_seconds.append(seconds)
                 progress.update(1)
@@ -187,9 +194,10 @@ class Run:
     def merge_shards(self, rows: Any) -> None:
         """The main process, once every process is done: every shard's cases into predictions.jsonl in
         the split's order, the shards' timing kept for run.json, the shard files removed."""
-        self.done = self._finished()
+        finished = self._finished()
+        self.done = _without_rows(finished)
         order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
-        ordered = sorted(self.done.values(), key=lambda record: order.get(record["case_id"], len(order)))
+        ordered = sorted(finished.values(), key=lambda record: order.get(record["case_id"], len(order)))
         _rewrite_jsonl(self.jsonl, {record["case_id"]: record for record in ordered})
         self.shard_times = sorted((json.loads(path.read_text()) for path in (self.out / SHARDS).glob("time-*.json")),
                                   key=lambda about: about["process"])
@@ -203,9 +211,10 @@ class Run:
             shards.rmdir()
 
     def records(self, rows: Any) -> list[dict[str, Any]]:
-        """The finished cases of ``rows`` (the split as run), in its order."""
+        """The finished cases of ``rows`` (the split as run), in its order, with their prediction rows."""
         order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
-        return sorted((r for r in self.done.values() if r["case_id"] in order), key=lambda r: order[r["case_id"]])
+        finished = finished_cases(self.jsonl).values()
+        return sorted((r for r in finished if r["case_id"] in order), key=lambda r: order[r["case_id"]])
 
     def finish(self, adapter: ModelAdapter, method: EditMethod, rows: Any) -> dict[str, Any]:
         """Write predictions.parquet, scores.json and run.json from the finished cases; returns the scores."""
