@@ -54,7 +54,7 @@ def shortfalls(accuracy: Mapping[str, float]) -> list[str]:
         if value is None:
             missing.append(f"{ability.key} not measured ({ability.description})")
         elif value < ability.threshold:
-            missing.append(f"{ability.key} {value:.3f} < {ability.threshold} ({ability.description})")
+            missing.append(f"{ability.key} {value:.3f} < {ability.threshold:.2f} ({ability.description})")
     return missing
 
 

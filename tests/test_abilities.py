@@ -49,7 +49,7 @@ def test_run_refuses_a_default_model_without_an_ability_and_warns_about_a_users(
     assert "fact_alone_new_answer 0.200" in caplog.text
     assert line.startswith(f"model {weak}: reliability_old_answer 91.0%")
     good = _model_with_record(tmp_path / "good", GOOD)
-    assert "in_context_new_answer 86.0%" in check_model(good, default=True)
+    assert "in_context_new_answer 91.0%" in check_model(good, default=True)
     assert "not measured" in check_model(tmp_path, default=False)
 
 
