@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from editors import run as runs
 from editors.commands import _method_options
-from editors.report import score_table, table_columns
+from editors.report import plot_score_curves, score_table, table_columns
 from editors.run_dir import PREDICTIONS_JSONL, PREDICTIONS_PARQUET, RunSettings, finished_cases
 from kebench_hf.world import cached_world
 from metric.kebench import score_predictions, to_table
@@ -71,28 +71,11 @@ def window_scores(run_dir: Path, gap: int, window: int) -> dict[str, dict]:
 
 def plot_windows(curves: dict[str, dict[str, dict]], path: Path) -> Path:
     """A panel per score, each window's token score against the edits in the model, a line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics, headers = table_columns()
-    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), sharey=True, squeeze=False)
-    for axis, name, header in zip(axes[0], metrics, headers, strict=True):
-        for method, windows in curves.items():
-            points = [(w["edits"], w["token"]["scores"][name]) for w in windows.values()
-                      if w["token"]["scores"][name] is not None]
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=method)
-        axis.set_title(header)
-        axis.set_xlabel("edits in the model")
-        axis.set_ylim(0, 100)
-    axes[0][0].set_ylabel("token score per window (%)")
-    axes[0][-1].legend(loc="lower left", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    metrics = table_columns()[0]
+    lines = {method: {name: [(w["edits"], w["token"]["scores"][name]) for w in windows.values()
+                             if w["token"]["scores"][name] is not None] for name in metrics}
+             for method, windows in curves.items()}
+    return plot_score_curves(lines, path, "token score per window (%)", legend="lower left", marker="o", markersize=3)
 
 
 def main() -> None:

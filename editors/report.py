@@ -83,8 +83,10 @@ def running_scores(
     return curve
 
 
-def plot_lifelong(curves: dict[int, dict[str, list[float | None]]], path: Path, config: str = DEFAULT_CONFIG) -> Path:
-    """One panel per score, each against the number of edits in the model, one line per gap (PNG)."""
+def plot_score_curves(lines: dict[str, dict[str, list[tuple[int, float]]]], path: Path, ylabel: str,
+                      config: str = DEFAULT_CONFIG, legend: str = "lower right", **style: Any) -> Path:
+    """One panel per score of ``config``, each against the number of edits in the model: ``lines``
+    maps a line's label to its ``(edits, score)`` points per score name (PNG; ``style`` goes to plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,16 +95,24 @@ def plot_lifelong(curves: dict[int, dict[str, list[float | None]]], path: Path, 
     metrics, headers = table_columns(config)
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), sharey=True, squeeze=False)
     for axis, name, header in zip(axes[0], metrics, headers, strict=True):
-        for gap, curve in curves.items():
-            points = [(edits, value) for edits, value in zip(curve["edits"], curve[name], strict=True) if value is not None]
-            if points:
-                axis.plot(*zip(*points, strict=True), label=f"gap {gap}")
+        for label, points in lines.items():
+            if points[name]:
+                axis.plot(*zip(*points[name], strict=True), label=label, **style)
         axis.set_title(header)
         axis.set_xlabel("edits in the model")
         axis.set_ylim(0, 100)
-    axes[0][0].set_ylabel("running mean (%)")
-    axes[0][-1].legend(loc="lower right", fontsize="small")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(loc=legend, fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_lifelong(curves: dict[int, dict[str, list[float | None]]], path: Path, config: str = DEFAULT_CONFIG) -> Path:
+    """One panel per score, each against the number of edits in the model, one line per gap (PNG)."""
+    metrics = table_columns(config)[0]
+    lines = {f"gap {gap}": {name: [(edits, value) for edits, value in zip(curve["edits"], curve[name], strict=True)
+                                   if value is not None] for name in metrics}
+             for gap, curve in curves.items()}
+    return plot_score_curves(lines, path, "running mean (%)", config)
