@@ -49,16 +49,18 @@ from PIL import Image
 SCORE_NAMES = ("reliability", "t_generality", "i_generality", "t_locality", "i_locality", "portability")
 
 
+def _edit_records(data_dir: Path, file: str, size: int | None) -> list[dict[str, Any]]:
+    """What both branches' ``CaptionDataset`` start from: the first ``size`` records of ``file``,
+    those without a new answer (``alt == ""``) left out."""
+    records = json.loads((Path(data_dir) / file).read_text())
+    return [record for record in records[:size] if record["alt"] != ""]
+
+
 def load_records(data_dir: Path, file: str, size: int | None, hop: int | None) -> list[dict[str, Any]]:
     """``CaptionDataset(file, size=size, hop=hop)``: the first ``size`` records; with a hop, those
     with a ``{hop}-hop`` item, keeping the first such item."""
-    records = json.loads((Path(data_dir) / file).read_text())
-    if size is not None:
-        records = records[:size]
     kept = []
-    for record in records:
-        if record["alt"] == "":
-            continue
+    for record in _edit_records(data_dir, file, size):
         if hop:
             items = [item for item in record.get("port_new", []) if item["port_type"] == f"{hop}-hop"]
             if not items:
@@ -72,13 +74,8 @@ def load_onehop_records(data_dir: Path, file: str, size: int | None) -> list[dic
     """The ``edit_onehop`` branch's ``CaptionDataset(file, size=size)``: each kept record's
     ``port_new`` items as (``port_edit_q``, ``port_edit_a``) second edits and (``port_q``,
     ``port_a``) questions; ``edit_step`` asserts there is exactly one of each."""
-    records = json.loads((Path(data_dir) / file).read_text())
-    if size is not None:
-        records = records[:size]
     kept = []
-    for record in records:
-        if record["alt"] == "":
-            continue
+    for record in _edit_records(data_dir, file, size):
         items = record["port_new"]
         assert len(items) == 1, "edit twice only support one portability edit"
         kept.append({**record, "second_edit": (items[0]["port_edit_q"], items[0]["port_edit_a"]),
