@@ -210,10 +210,11 @@ class Run:
                 path.unlink()
             shards.rmdir()
 
-    def records(self, rows: Any) -> list[dict[str, Any]]:
-        """The finished cases of ``rows`` (the split as run), in its order, with their prediction rows."""
+    def records(self, rows: Any, with_rows: bool = True) -> list[dict[str, Any]]:
+        """The finished cases of ``rows`` (the split as run), in its order: with their prediction rows
+        (read back from disk), or only their id, error and seconds (held in memory)."""
         order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
-        finished = finished_cases(self.jsonl).values()
+        finished = finished_cases(self.jsonl).values() if with_rows else self.done.values()
         return sorted((r for r in finished if r["case_id"] in order), key=lambda r: order[r["case_id"]])
 
     def finish(self, adapter: ModelAdapter, method: EditMethod, rows: Any) -> dict[str, Any]:
@@ -254,7 +255,7 @@ class Run:
             fingerprint = None
         settings = self.settings
         preset = get_preset(settings.preset)
-        records = self.records(rows)
+        records = self.records(rows, with_rows=False)
         failed = [record["case_id"] for record in records if record["error"]]
         all_seconds = [record["seconds"] for record in records if not record["error"]]
         return {
