@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from editors import run as runs
-from editors.commands import _method_options
+from editors.commands import parse_method_options
 from editors.report import plot_score_curves, score_table, table_columns
 from editors.run_dir import PREDICTIONS_JSONL, PREDICTIONS_PARQUET, RunSettings, finished_cases
 from kebench_hf.world import cached_world
@@ -102,7 +102,7 @@ def main() -> None:
         data = str(cached_world(args.data)) if args.data in ("default", "full") else args.data
         started = time.perf_counter()
         settings = RunSettings(method=method, out=args.out / method, data=data, split=args.split, limit=args.limit,
-                               bootstrap=0, generate=not args.no_generate, method_options=_method_options(args.set))
+                               bootstrap=0, generate=not args.no_generate, method_options=parse_method_options(args.set))
         root = runs.lifelong(settings, args.gaps)
         print(f"\n{method} on the {args.data} world's {args.split} split, {args.limit} cases scored per gap "
               f"({time.perf_counter() - started:.0f} s):\n", flush=True)

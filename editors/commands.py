@@ -44,7 +44,7 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_pretrain)
 
 
-def _method_options(pairs: list[str]) -> dict[str, object]:
+def parse_method_options(pairs: list[str]) -> dict[str, object]:
     """``--set steps=20 --set lr=1e-3`` -> ``{"steps": "20", "lr": "1e-3"}``: the method's config
     reads each value as its field's type (``MethodConfig.from_dict``), naming a bad one."""
     options: dict[str, object] = {}
@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         method=args.method, out=Path(args.out), model=args.model, data=args.data, config=args.config or "edit",
         split=args.split or "test", limit=args.limit, device=args.device or "cpu", dtype=args.dtype or "float32",
         sequential=args.sequential or 1, resume=args.resume, editor=Path(args.editor) if args.editor else None,
-        seed=args.seed or 0, generate=not args.no_generate, method_options=_method_options(args.set or []),
+        seed=args.seed or 0, generate=not args.no_generate, method_options=parse_method_options(args.set or []),
         preset=args.preset or "kebench", hop=args.hop, trust_remote_code=args.trust_remote_code,
         device_map=args.device_map, max_memory=args.max_memory, streaming=args.streaming,
     )
@@ -183,7 +183,7 @@ def _train_editor(args: argparse.Namespace) -> int:
 
     if not method_spec(args.method).trained:
         raise ValueError(f"method {args.method!r} has nothing to train; trained methods: {', '.join(trained_method_names())}")
-    method = make_method(args.method, _method_options(args.set or []))
+    method = make_method(args.method, parse_method_options(args.set or []))
     check_device(args.device)  # before building the default world or model
     data = args.data or str(default_world())
     train = CaseSequence(load_split(data, "edit", "train"))

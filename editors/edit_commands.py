@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from editors.commands import _method_options
+from editors.commands import parse_method_options
 from kebench_hf.constants import MODEL_DTYPES
 
 
@@ -28,7 +28,7 @@ def _edit(args: argparse.Namespace) -> int:
     check_device(args.device)
     adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
     edited = edit(adapter.model, adapter.processor, facts, method=args.method, editor=args.editor,
-                  train=args.data, **_method_options(args.set or []))
+                  train=args.data, **parse_method_options(args.set or []))
     record = edit_record(edited)
     batch = record.batches[-1]
     after = record.generate([fact.query for fact in batch.facts])
