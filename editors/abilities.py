@@ -72,6 +72,30 @@ def model_abilities(model_dir: str | Path) -> dict[str, float] | None:
     return json.loads(record.read_text()).get("accuracy")
 
 
+def measured_on(model_dir: str | Path, data_dir: str | Path) -> bool | None:
+    """Whether ``model_dir``'s abilities were measured on ``data_dir``'s world (the one it was
+    pretrained on): None when that cannot be told (no record, or data that is no local directory)."""
+    from kebench_hf.world import world_fingerprint
+
+    record = Path(model_dir) / "pretrain.json"
+    if not record.exists() or not Path(data_dir).is_dir():
+        return None
+    return json.loads(record.read_text()).get("data_fingerprint") == world_fingerprint(data_dir)
+
+
+def warn_if_measured_elsewhere(model_dir: str | Path, data_dir: str | Path) -> bool | None:
+    """:func:`measured_on`, with a warning when the answer is no: a model pretrained on one world
+    neither knows another world's facts nor has learned to read its names in context, so its
+    scores there measure the pipeline, not the methods (the default model on the ``full`` world:
+    IKE Reliability 1.2, against 95 on its own; benchmarks/RESULTS.md#full-size-run)."""
+    same = measured_on(model_dir, data_dir)
+    if same is False:
+        logger.warning("model %s was pretrained and its abilities measured on another world than %s: it may not "
+                       "know these facts nor read these names in context, and scores here measure little; "
+                       "run.json says abilities_measured_on_this_data: false", model_dir, data_dir)
+    return same
+
+
 def check_model(model_dir: str | Path, default: bool) -> str:
     """The line saying what ``model_dir`` can do. A default model that lacks an ability raises
     :class:`MissingAbilityError`; a model the user brings is only warned about (its abilities may

@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 import torch
 
-from editors.abilities import check_model
+from editors.abilities import check_model, warn_if_measured_elsewhere
 from editors.cases import CaseError, CaseSequence, EditCase, case_from_row, load_split, stream_split
 from editors.defaults import default_model
 from editors.engine import Engine, EngineOptions
@@ -159,6 +159,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
         train = _empty_split()
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
+    run_dir.abilities_measured_on_this_data = warn_if_measured_elsewhere(model, data)
     family = model_family(model, settings.trust_remote_code)
     method = preset_method(preset, settings.method, family, settings.method_options)
     if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):

@@ -141,6 +141,8 @@ class Run:
         self.edit_seconds: list[float] = []
         #: this process's peak memory once its cases are edited (before merging and scoring)
         self.editing_peak_memory_mib: float | None = None
+        #: whether the model's abilities (pretrain.json) were measured on the run's world; None: unknown
+        self.abilities_measured_on_this_data: bool | None = None
 
     def begin(self, model: str, data: str, prepare_seconds: float) -> set[str]:
         """Create the directory and read the cases finished before, by any process of any session (a
@@ -286,6 +288,7 @@ class Run:
                 "queries": len(adapter.reference_targets),
                 "differ_from_in_context": sum(adapter.reference_targets.values()),
             },
+            "abilities_measured_on_this_data": self.abilities_measured_on_this_data,
             "device": settings.device,
             "device_map": getattr(adapter.model, "hf_device_map", None),
             "device_name": device_name(settings.device),

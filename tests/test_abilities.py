@@ -14,7 +14,13 @@ import pytest
 import editors.abilities
 import editors.defaults
 import editors.pretrain
-from editors.abilities import ABILITIES, MissingAbilityError, check_model, shortfalls
+from editors.abilities import (
+    ABILITIES,
+    MissingAbilityError,
+    check_model,
+    shortfalls,
+    warn_if_measured_elsewhere,
+)
 from editors.defaults import SHIPPED_DEFAULT_MODEL, default_model
 from editors.pretrain import RECIPE, SUMMARY, PretrainConfig, pretrain
 from kebench_hf.world import world_fingerprint
@@ -51,6 +57,22 @@ def test_run_refuses_a_default_model_without_an_ability_and_warns_about_a_users(
     good = _model_with_record(tmp_path / "good", GOOD)
     assert "in_context_new_answer 91.0%" in check_model(good, default=True)
     assert "not measured" in check_model(tmp_path, default=False)
+
+
+def test_a_run_on_another_world_than_the_models_is_warned_about(tiny_world: Path, tmp_path: Path, caplog) -> None:
+    model = _model_with_record(tmp_path / "model", GOOD, data_fingerprint=world_fingerprint(tiny_world))
+    with caplog.at_level(logging.WARNING, logger="editors.abilities"):
+        assert warn_if_measured_elsewhere(model, tiny_world) is True
+        assert caplog.text == ""
+        other = tmp_path / "other" / "kebench"
+        other.mkdir(parents=True)
+        (other / "eval.json").write_text("[]")
+        assert warn_if_measured_elsewhere(model, other) is False
+        assert f"measured on another world than {other}" in caplog.text
+        caplog.clear()
+        assert warn_if_measured_elsewhere(model, "someone/kebench") is None  # a hub id: not known here
+        assert warn_if_measured_elsewhere(tmp_path, tiny_world) is None  # no pretrain.json
+        assert caplog.text == ""
 
 
 def test_pretraining_trains_on_while_an_ability_is_short_then_stops_with_one_line(tiny_world: Path,

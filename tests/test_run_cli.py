@@ -40,6 +40,7 @@ def test_run_writes_predictions_scores_and_run_info(tiny_llava, tiny_world, tmp_
     assert len(info["dataset_fingerprint"]) == 64 and info["failed_cases"] == 0
     assert info["seconds_per_edit"] > 0 and info["peak_memory_mib"] > 0
     assert {"torch", "transformers", "datasets"} <= set(info["versions"])
+    assert info["abilities_measured_on_this_data"] is True  # tiny_llava was pretrained on tiny_world
 
     png = plot_scores({"ft-llm": scores}, tmp_path / "scores.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
