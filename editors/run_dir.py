@@ -84,32 +84,59 @@ class RunSettings:
 
 def finished_cases(path: Path) -> dict[str, dict[str, Any]]:
     """The case records of a predictions.jsonl; a torn last line (crash mid-write) is dropped."""
-    records: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return records
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) - 1:
-                logger.warning("%s: dropping the torn last line of an interrupted run", path)
-                continue
-            raise ValueError(f"{path}: line {number + 1} is not JSON") from None
-        records[record["case_id"]] = record
-    return records
+    return {case_id: json.loads(line.read()) for case_id, line in _case_lines([path]).items()}
 
 
-def _without_rows(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """What a run keeps in memory of its finished cases: no prediction rows (they stay on disk until
-    scoring), so an editing process's memory does not grow with the cases it has done."""
-    return {case_id: {k: v for k, v in record.items() if k != "rows"} for case_id, record in records.items()}
+@dataclass(frozen=True)
+class CaseLine:
+    """Where a finished case's record lies (its file and byte offset), and the record without its
+    prediction rows: what a run holds of a case in memory, however many cases it has done."""
+
+    path: Path
+    offset: int
+    summary: dict[str, Any]
+
+    def read(self) -> bytes:
+        with self.path.open("rb") as file:
+            file.seek(self.offset)
+            return file.readline()
 
 
-def _rewrite_jsonl(path: Path, records: dict[str, dict[str, Any]]) -> None:
+def _case_lines(paths: Iterable[Path]) -> dict[str, CaseLine]:
+    """Each case id's last record in ``paths``, read line by line (the rows of one case in memory at
+    a time); a torn last line of a file (crash mid-write) is dropped, any other bad line is an error."""
+    found: dict[str, CaseLine] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        with path.open("rb") as file:
+            offset = 0
+            for number, line in enumerate(iter(file.readline, b""), start=1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if not file.read(1):
+                        logger.warning("%s: dropping the torn last line of an interrupted run", path)
+                        break
+                    raise ValueError(f"{path}: line {number} is not JSON") from None
+                found[record["case_id"]] = CaseLine(path, offset, {k: v for k, v in record.items() if k != "rows"})
+                offset += len(line)
+    return found
+
+
+def _rewrite_jsonl(path: Path, lines: Iterable[CaseLine]) -> None:
+    """``path`` holding exactly ``lines``, in that order, each copied as it is (replaced atomically)."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(record) + "\n" for record in records.values()))
+    with partial.open("wb") as sink:
+        for line in lines:
+            record = line.read()
+            sink.write(record if record.endswith(b"\n") else record + b"\n")  # a complete record cut before its newline
     os.replace(partial, path)
+
+
+#: cases converted to Arrow at a time when a run is scored: only their rows are Python objects at once
+#: (a full-size run's rows would take ~120 KiB per case so, its Arrow table ~10)
+TABLE_CHUNK_CASES = 256
 
 
 class Run:
@@ -150,20 +177,17 @@ class Run:
         self.model, self.data, self.prepare_seconds = model, data, prepare_seconds
         self.sink.parent.mkdir(parents=True, exist_ok=True)
         finished = self._finished()
-        self.done = _without_rows(finished)
+        self.done = {case_id: line.summary for case_id, line in finished.items()}
         if self.processes == 1:  # (an interrupted run of several processes resumed by one: its shards join the file)
-            _rewrite_jsonl(self.jsonl, finished)
+            _rewrite_jsonl(self.jsonl, finished.values())
             self._remove_shards()
         else:
-            _rewrite_jsonl(self.sink, finished_cases(self.sink))
+            _rewrite_jsonl(self.sink, _case_lines([self.sink]).values())
         self.started = time.perf_counter()
         return set(self.done)
 
-    def _finished(self) -> dict[str, dict[str, Any]]:
-        done = finished_cases(self.jsonl)
-        for shard in sorted((self.out / SHARDS).glob("predictions-*.jsonl")):
-            done.update(finished_cases(shard))
-        return done
+    def _finished(self) -> dict[str, CaseLine]:
+        return _case_lines([self.jsonl, *sorted((self.out / SHARDS).glob("predictions-*.jsonl"))])
 
     def append(self, results: Iterable[CaseResult], total: int, initial: int | None = None) -> None:
         """Write each case's record as it finishes (flushed to disk), with its seconds; shows progress
@@ -197,10 +221,9 @@ class Run:
         """The main process, once every process is done: every shard's cases into predictions.jsonl in
         the split's order, the shards' timing kept for run.json, the shard files removed."""
         finished = self._finished()
-        self.done = _without_rows(finished)
+        self.done = {case_id: line.summary for case_id, line in finished.items()}
         order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
-        ordered = sorted(finished.values(), key=lambda record: order.get(record["case_id"], len(order)))
-        _rewrite_jsonl(self.jsonl, {record["case_id"]: record for record in ordered})
+        _rewrite_jsonl(self.jsonl, sorted(finished.values(), key=lambda line: order.get(line.summary["case_id"], len(order))))
         self.shard_times = sorted((json.loads(path.read_text()) for path in (self.out / SHARDS).glob("time-*.json")),
                                   key=lambda about: about["process"])
         self._remove_shards()
@@ -212,22 +235,34 @@ class Run:
                 path.unlink()
             shards.rmdir()
 
-    def records(self, rows: Any, with_rows: bool = True) -> list[dict[str, Any]]:
-        """The finished cases of ``rows`` (the split as run), in its order: with their prediction rows
-        (read back from disk), or only their id, error and seconds (held in memory)."""
+    def records(self, rows: Any) -> list[dict[str, Any]]:
+        """The finished cases of ``rows`` (the split as run), in its order: their id, error and seconds."""
         order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
-        finished = finished_cases(self.jsonl).values() if with_rows else self.done.values()
-        return sorted((r for r in finished if r["case_id"] in order), key=lambda r: order[r["case_id"]])
+        return sorted((r for r in self.done.values() if r["case_id"] in order), key=lambda r: order[r["case_id"]])
+
+    def prediction_table(self, rows: Any) -> Any:
+        """Every finished case's prediction rows, in the split's order, as one table in the metric's
+        schema: read back from predictions.jsonl :data:`TABLE_CHUNK_CASES` cases at a time."""
+        import pyarrow as pa
+
+        from metric.kebench import to_table
+
+        lines = _case_lines([self.jsonl])
+        ids = [record["case_id"] for record in self.records(rows) if record["case_id"] in lines]
+        chunks = [to_table([row for case_id in ids[start : start + TABLE_CHUNK_CASES]
+                            for row in json.loads(lines[case_id].read())["rows"]])
+                  for start in range(0, len(ids), TABLE_CHUNK_CASES)]
+        return pa.concat_tables(chunks) if chunks else to_table([])
 
     def finish(self, adapter: ModelAdapter, method: EditMethod, rows: Any) -> dict[str, Any]:
         """Write predictions.parquet, scores.json and run.json from the finished cases; returns the scores."""
         import pyarrow.parquet as pq
 
-        from metric.kebench import score_predictions, to_table
+        from metric.kebench import score_predictions
 
         settings = self.settings
         records = self.records(rows)
-        table = to_table([row for record in records for row in record["rows"]])
+        table = self.prediction_table(rows)
         # the run metadata travels with the predictions: a file scored elsewhere still says how it was made
         about = {"preset": settings.preset, "protocols": settings.protocols, "method": method.name,
                  "model_family": adapter.family, "config": settings.config, "hop": settings.hop}
@@ -257,7 +292,7 @@ class Run:
             fingerprint = None
         settings = self.settings
         preset = get_preset(settings.preset)
-        records = self.records(rows, with_rows=False)
+        records = self.records(rows)
         failed = [record["case_id"] for record in records if record["error"]]
         all_seconds = [record["seconds"] for record in records if not record["error"]]
         return {
