@@ -64,12 +64,16 @@ def summary_line(accuracy: Mapping[str, float]) -> str:
                      if ability.key in accuracy)
 
 
+def _pretrain_record(model_dir: str | Path) -> dict | None:
+    """The ``pretrain.json`` of a model directory made by ``kebench pretrain``, else None."""
+    record = Path(model_dir) / "pretrain.json"
+    return json.loads(record.read_text()) if record.exists() else None
+
+
 def model_abilities(model_dir: str | Path) -> dict[str, float] | None:
     """The measured abilities of a model directory made by ``kebench pretrain``, else None."""
-    record = Path(model_dir) / "pretrain.json"
-    if not record.exists():
-        return None
-    return json.loads(record.read_text()).get("accuracy")
+    record = _pretrain_record(model_dir)
+    return None if record is None else record.get("accuracy")
 
 
 def measured_on(model_dir: str | Path, data_dir: str | Path) -> bool | None:
@@ -77,10 +81,10 @@ def measured_on(model_dir: str | Path, data_dir: str | Path) -> bool | None:
     pretrained on): None when that cannot be told (no record, or data that is no local directory)."""
     from kebench_hf.world import world_fingerprint
 
-    record = Path(model_dir) / "pretrain.json"
-    if not record.exists() or not Path(data_dir).is_dir():
+    record = _pretrain_record(model_dir)
+    if record is None or not Path(data_dir).is_dir():
         return None
-    return json.loads(record.read_text()).get("data_fingerprint") == world_fingerprint(data_dir)
+    return record.get("data_fingerprint") == world_fingerprint(data_dir)
 
 
 def warn_if_measured_elsewhere(model_dir: str | Path, data_dir: str | Path) -> bool | None:

@@ -159,7 +159,8 @@ def run(settings: RunSettings) -> dict[str, Any]:
         train = _empty_split()
     model = str(settings.model) if settings.model else str(default_model())
     logger.info(check_model(model, default=not settings.model))
-    run_dir.abilities_measured_on_this_data = warn_if_measured_elsewhere(model, data)
+    if group.is_main:  # one warning, and one hash of the world, per run (run.json is the main process's)
+        run_dir.abilities_measured_on_this_data = warn_if_measured_elsewhere(model, data)
     family = model_family(model, settings.trust_remote_code)
     method = preset_method(preset, settings.method, family, settings.method_options)
     if preset.reference_prompt and settings.dtype != "float32" and settings.method.startswith("ft-"):

@@ -135,7 +135,7 @@ def _rewrite_jsonl(path: Path, lines: Iterable[CaseLine]) -> None:
 
 
 #: cases converted to Arrow at a time when a run is scored: only their rows are Python objects at once
-#: (a full-size run's rows would take ~120 KiB per case so, its Arrow table ~10)
+#: (as Python objects a full-size run's rows take ~120 KiB per case, in its Arrow table ~10)
 TABLE_CHUNK_CASES = 256
 
 
@@ -240,15 +240,15 @@ class Run:
         order = {case_id: index for index, case_id in enumerate(rows["case_id"])}
         return sorted((r for r in self.done.values() if r["case_id"] in order), key=lambda r: order[r["case_id"]])
 
-    def prediction_table(self, rows: Any) -> Any:
-        """Every finished case's prediction rows, in the split's order, as one table in the metric's
-        schema: read back from predictions.jsonl :data:`TABLE_CHUNK_CASES` cases at a time."""
+    def prediction_table(self, records: list[dict[str, Any]]) -> Any:
+        """The prediction rows of ``records`` (:meth:`records`), in their order, as one table in the
+        metric's schema: read back from predictions.jsonl :data:`TABLE_CHUNK_CASES` cases at a time."""
         import pyarrow as pa
 
         from metric.kebench import to_table
 
         lines = _case_lines([self.jsonl])
-        ids = [record["case_id"] for record in self.records(rows) if record["case_id"] in lines]
+        ids = [record["case_id"] for record in records if record["case_id"] in lines]
         chunks = [to_table([row for case_id in ids[start : start + TABLE_CHUNK_CASES]
                             for row in json.loads(lines[case_id].read())["rows"]])
                   for start in range(0, len(ids), TABLE_CHUNK_CASES)]
@@ -262,7 +262,7 @@ class Run:
 
         settings = self.settings
         records = self.records(rows)
-        table = self.prediction_table(rows)
+        table = self.prediction_table(records)
         # the run metadata travels with the predictions: a file scored elsewhere still says how it was made
         about = {"preset": settings.preset, "protocols": settings.protocols, "method": method.name,
                  "model_family": adapter.family, "config": settings.config, "hop": settings.hop}
