@@ -21,7 +21,7 @@ from editors.abilities import (
     shortfalls,
     warn_if_measured_elsewhere,
 )
-from editors.defaults import SHIPPED_DEFAULT_MODEL, default_model
+from editors.defaults import SHIPPED_DEFAULT_MODEL, default_model, world_model
 from editors.pretrain import RECIPE, SUMMARY, PretrainConfig, pretrain
 from kebench_hf.world import world_fingerprint
 
@@ -123,6 +123,17 @@ def test_the_default_model_is_the_shipped_one_for_its_world_and_refused_without_
     _model_with_record(cached, {**GOOD, "in_context_new_answer": 0.3}, data_fingerprint=world_fingerprint(tiny_world))
     with pytest.raises(MissingAbilityError, match="in_context_new_answer 0.300"):
         default_model()
+
+
+def test_a_world_model_is_the_cached_one_made_for_that_world(tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("kebench_hf.world.cached_world", lambda scale: tiny_world)
+    monkeypatch.setenv("KEBENCH_CACHE", str(tmp_path / "cache"))
+    cached = _model_with_record(tmp_path / "cache" / "models" / "tiny-llava-lifelong", GOOD,
+                                data_fingerprint=world_fingerprint(tiny_world))
+    assert world_model("lifelong") == cached
+    _model_with_record(cached, {**GOOD, "t_locality_answer": 0.2}, data_fingerprint=world_fingerprint(tiny_world))
+    with pytest.raises(MissingAbilityError, match="t_locality_answer 0.200"):
+        world_model("lifelong")
 
 
 def test_the_shipped_default_model_was_made_by_this_recipe_on_the_default_world() -> None:

@@ -47,6 +47,15 @@ SCALES: dict[str, Scale] = {
         duplicate_rate=0.1,
         construct=ConstructConfig(cases_per_entity=3, test_fraction=0.28, train_cases=300, test_cases=100),
     ),
+    # Long enough for VLKEB's sequential protocol at 1,000 edits (1,010 test cases, each scored after
+    # 10 further edits) and small enough for the tiny models to learn every fact of it.
+    "lifelong": Scale(
+        entities={"country": 20, "city": 120, "river": 30, "club": 80, "person": 250},
+        languages=8,
+        images_per_entity=6,
+        duplicate_rate=0.1,
+        construct=ConstructConfig(cases_per_entity=3, test_fraction=0.82, train_cases=200, test_cases=1010),
+    ),
     # The paper's proportions: 8,174 cases, ~18k images, the release's multi-hop and one-hop counts.
     "full": Scale(
         entities={"country": 185, "city": 1950, "river": 480, "club": 770, "person": 6000},
