@@ -169,7 +169,7 @@ def wise_steps(wise, llava, case, caplog) -> tuple[int, float, torch.Tensor]:
 def test_wise_stops_training_once_its_loss_is_below_stop_loss(llava, test_cases, train_cases, caplog):
     case = test_cases[0]
     steps, _, delta = wise_steps(prepared("wise", llava, train_cases, {"stop_loss": float("inf")}), llava, case, caplog)
-    assert steps == 0 and not delta.any(), "a loss below stop_loss before the first step: nothing trained"
+    assert 0 < steps < 70 and delta.any(), "any loss is below stop_loss: it trains until every answer token is the top-1"
     steps, _, delta = wise_steps(prepared("wise", llava, train_cases, {"stop_loss": None, "steps": 3}), llava, case, caplog)
     assert steps == 3 and delta.any(), "no stop_loss: every step"
     stopped = 0
