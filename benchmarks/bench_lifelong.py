@@ -11,8 +11,8 @@ score it on ``--split test``). Prints one table per method (a row per G, token a
 protocols) and writes ``OUT/METHOD/lifelong.png``. ``--window W`` also prints, per G, the token
 scores of the cases scored with 1..W, W+1..2W, ... edits in the model (not a running mean), and draws
 them for every method in ``OUT/windows-gap-G-METHODS.png`` (a panel per score). ``--data lifelong`` edits
-the ``lifelong`` world (1,010 test cases: 1,000 scored edits) with a tiny LLaVA pretrained on it by the
-default model's recipe (once, cached, ~40 minutes on one thread); ``--data full`` the ``full`` world
+the ``lifelong`` world (1,010 test cases: 1,000 scored edits) with a tiny LLaVA pretrained on it (once, cached:
+``editors.defaults.WORLD_RECIPES``, 2,497 s on two threads); ``--data full`` the ``full`` world
 (3,174 test cases) with the default model, which never learnt its names; ``--set``
 overrides a hyper-parameter of every method run (``kebench run --set``). ``--report-only`` runs
 nothing and prints the window tables and curves of the runs already in ``OUT``, a run stopped before
@@ -44,8 +44,8 @@ from kebench_hf.world import SCALES, cached_world
 from metric.kebench import score_predictions, to_table
 
 GAPS = (10, 20, 50, 100)
-#: the generated worlds a tiny model is pretrained on for this benchmark (once, cached: ~40 CPU minutes
-#: for the lifelong world); the full world is too large for the tiny models to learn
+#: the generated worlds a tiny model is pretrained on for this benchmark (once, cached); the full world
+#: is too large for the tiny models to learn
 PRETRAINED_WORLDS = ("default", "lifelong")
 
 

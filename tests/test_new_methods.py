@@ -73,7 +73,7 @@ def test_edits_take_hold_and_each_restore_is_bit_exact(name, llava, test_cases, 
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_sequential_edits_accumulate_and_restore_in_reverse(name, llava, test_cases, train_cases):
     # WISE trains the three edits into one memory, each against the ones before it: on the minutes-pretrained
-    # fixture its third edit needs more than the default 70 steps under some kernels (1 thread: ~150)
+    # fixture its later edits need more than the default 70 steps under some kernels (1 thread: 154 and 200)
     method = prepared(name, llava, train_cases, {"steps": "200"} if name == "wise" else None)
     before = model_state(llava.model)
     cases = [(case.case_id, case) for case in list(test_cases)[8:11]]

@@ -8,8 +8,8 @@ what the side memory adds to the main one's output). A row whose best score pass
 threshold gets the side memory's output at every token; every other row the main output, exactly.
 
 Editing trains ``D`` of the current memory (SGD, at most ``steps`` steps at ``lr``, stopping once
-the loss is below ``stop_loss`` and every answer token is the edit query's top-1, the gradient masked to the shard's random subset of ``mask_ratio``
-of the entries, ``D`` clamped to ``+-norm_constraint``) on the answer NLL of the edit query plus the
+the loss is below ``stop_loss`` and every answer token is the edit query's top-1, the gradient
+masked to the shard's random subset of ``mask_ratio`` of the entries, ``D`` clamped to ``+-norm_constraint``) on the answer NLL of the edit query plus the
 paper's margin losses on the activation scores of the edit ``s_e`` and of out-of-scope queries
 ``s_o`` (the locality queries of a random train case):
 ``relu(s_o - alpha) + relu(beta - s_e) + relu(gamma - (s_e - s_o))``. A memory's threshold is
@@ -60,8 +60,8 @@ class WISEConfig(MethodConfig):
     benchmarks/RESULTS.md, "Main job"): act ratio 0.88 (at 0.4 the threshold falls below the tiny
     model's locality queries' scores) and at most 70 steps, stopping once the loss (NLL + margins) is
     below 0.5 (the stop of our FT and LoRA) and every answer token is the top-1 (a loss of 0.5 spread
-    over the margins may leave a token unmade, and which depends on the CPU's kernels): 10 fixed steps leave some edits unlearned, 70 fixed ones
-    cost three times the steps for scores within 3 points. EasyEdit stops below 0.02 once the loss no
+    over the margins may leave a token unmade, and which depends on the CPU's kernels): 10 fixed
+    steps leave some edits unlearned, 70 fixed ones cost three times the steps for scores within 3 points. EasyEdit stops below 0.02 once the loss no
     longer moves, which the tiny model's edits seldom reach within 70 steps."""
 
     layer: int = -2
@@ -288,23 +288,23 @@ class WISE(EditMethod):
         delta = memory.delta.requires_grad_(True)
         optimizer = torch.optim.SGD([delta], lr=config.lr, weight_decay=config.weight_decay)
 
-        def losses() -> tuple[torch.Tensor, bool]:
+        def losses() -> tuple[torch.Tensor, torch.Tensor]:
             logits = edit_model.logits()
             nll = answer_nll_token_mean(logits, batch)
-            answered = answer_accuracies(logits.detach(), batch, [0]) == [1.0]
             inside = router.forced_scores[0]
             margins = []
             for model in outside:
                 model.logits()
                 score = router.forced_scores[0]
                 margins.append(F.relu(score - config.alpha) + F.relu(config.gamma - (inside - score)))
-            return nll + F.relu(config.beta - inside) + torch.stack(margins).mean(), answered
+            return nll + F.relu(config.beta - inside) + torch.stack(margins).mean(), logits
 
         steps, loss = 0, None
         try:
             for _ in range(config.steps):
-                loss, answered = losses()
-                if config.stop_loss is not None and loss.item() < config.stop_loss and answered:
+                loss, logits = losses()
+                if (config.stop_loss is not None and loss.item() < config.stop_loss
+                        and answer_accuracies(logits.detach(), batch, [0]) == [1.0]):
                     break
                 steps += 1
                 optimizer.zero_grad()
