@@ -1,9 +1,11 @@
-"""How robust is the default pretraining recipe? The default model's recipe over several seeds, and
-the default seed under a perturbation of floating-point rounding (1 vs 2 threads: other reduction
-orders, so another trajectory), each measured on the abilities the methods need and on what they
-are needed for: IKE and SERAC Reliability on the first 20 test cases (token protocol).
+"""How robust is a pretraining recipe? The default model's recipe (or, with ``--world lifelong``, the
+lifelong world's, ``editors.defaults.WORLD_RECIPES``) over several seeds, and the first seed under a
+perturbation of floating-point rounding (1 vs 2 threads: other reduction orders, so another
+trajectory; ``--no-rounding-run`` leaves it out), each measured on the abilities the methods need and
+on what they are needed for: IKE and SERAC Reliability on the first 20 test cases (token protocol).
 
     python benchmarks/bench_pretrain_seeds.py [--seeds 0 1 2 3 4] [--parallel 2] [--markdown FILE]
+    python benchmarks/bench_pretrain_seeds.py --world lifelong --seeds 0 1 2 --no-rounding-run --out DIR
 
 Each run is its own process (its own peak memory; two runs side by side on 2 cores); the
 table gives per run each ability, the extra training the check asked for, IKE/SERAC Reliability,
@@ -33,19 +35,22 @@ COLUMNS = [ability.key for ability in ABILITIES]
 SCORED_METHODS = ("ike", "serac")
 
 
-def one_run(seed: int, threads: int, out: Path, cases: int) -> dict:
-    """Pretrain with ``seed`` on ``threads`` threads, then IKE and SERAC on the first ``cases`` test cases."""
+def one_run(seed: int, threads: int, out: Path, cases: int, world: str) -> dict:
+    """Pretrain on ``world`` with ``seed`` on ``threads`` threads, then IKE and SERAC on its first
+    ``cases`` test cases."""
     import torch
 
     torch.set_num_threads(threads)
+    from editors.defaults import WORLD_RECIPES
     from editors.pretrain import PretrainConfig, pretrain
     from editors.run import run
     from editors.run_dir import RunSettings
-    from kebench_hf.world import default_world
+    from kebench_hf.world import cached_world
 
+    data = cached_world(world)
     started = time.perf_counter()
     try:
-        summary = pretrain(default_world(), out / "model", PretrainConfig(seed=seed))
+        summary = pretrain(data, out / "model", PretrainConfig(seed=seed, **WORLD_RECIPES.get(world, {})))
     except MissingAbilityError as error:  # the model is saved all the same: measure what it does
         print(error, file=sys.stderr)
         summary = json.loads((out / "model" / "pretrain.json").read_text())
@@ -53,8 +58,8 @@ def one_run(seed: int, threads: int, out: Path, cases: int) -> dict:
               "extensions": summary["extensions"], "passed": summary["passed"], **summary["accuracy"]}
     for method in SCORED_METHODS:
         began = time.perf_counter()
-        scores = run(RunSettings(method=method, out=out / method, model=str(out / "model"), limit=cases,
-                                 generate=False, bootstrap=0))
+        scores = run(RunSettings(method=method, out=out / method, model=str(out / "model"), data=str(data),
+                                 limit=cases, generate=False, bootstrap=0))
         result[f"{method}_reliability"] = scores["token"]["scores"]["reliability"]
         result[f"{method}_seconds"] = round(time.perf_counter() - began, 1)
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -69,7 +74,9 @@ def table(results: list[dict]) -> str:
     def cell(key: str, value: float | None) -> str:
         if value is None:
             return "-"
-        return f"{100 * value:.1f}" if key in percent else f"{value:g}"
+        if key in percent:
+            return f"{100 * value:.1f}"
+        return f"{value:g}" if key in ("extensions", "pretrain_seconds", "peak_rss_mib") else f"{value:.1f}"
 
     for result in results:
         name = f"seed {result['seed']}, {result['threads']} thread{'s' if result['threads'] > 1 else ''}"
@@ -87,6 +94,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--parallel", type=int, default=2, help="1-thread runs side by side")
     parser.add_argument("--cases", type=int, default=20, help="test cases IKE and SERAC are scored on")
+    parser.add_argument("--world", default="default", help="the generated world pretrained on, with its recipe "
+                        "(default: the default world and recipe; lifelong: editors.defaults.WORLD_RECIPES)")
+    parser.add_argument("--no-rounding-run", action="store_true", help="leave out the first seed on 2 threads")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--out", type=Path, help="directory of the runs (default: a new temporary one); "
                         "runs finished there are kept, interrupted ones resume")
@@ -94,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         seed, threads, out = int(args.one[0]), int(args.one[1]), Path(args.one[2])
-        result = one_run(seed, threads, out, args.cases)
+        result = one_run(seed, threads, out, args.cases, args.world)
         (out / "bench.json").write_text(json.dumps(result, indent=2))
         return
 
@@ -106,7 +116,8 @@ def main() -> None:
         if (out / "bench.json").exists():  # finished in an earlier invocation with this --out
             return
         out.mkdir(parents=True, exist_ok=True)  # an interrupted run resumes from its checkpoint
-        command = [sys.executable, __file__, "--one", str(seed), str(threads), str(out), "--cases", str(args.cases)]
+        command = [sys.executable, __file__, "--one", str(seed), str(threads), str(out), "--cases", str(args.cases),
+                   "--world", args.world]
         with (out / "log.txt").open("a") as log:
             done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
                                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -114,7 +125,7 @@ def main() -> None:
             print(f"run {out.name} failed (exit {done.returncode}); log: {out / 'log.txt'}", file=sys.stderr)
 
     # the last run: the first seed again on 2 threads, i.e. the same training with other rounding
-    runs = [(seed, 1) for seed in args.seeds] + [(args.seeds[0], 2)]
+    runs = [(seed, 1) for seed in args.seeds] + ([] if args.no_rounding_run else [(args.seeds[0], 2)])
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         list(pool.map(lambda run: launch(*run), runs))
     results = [json.loads((root / f"seed{s}-threads{t}" / "bench.json").read_text())

@@ -136,6 +136,49 @@ def test_a_world_model_is_the_cached_one_made_for_that_world(tiny_world: Path, t
         world_model("lifelong")
 
 
+def test_a_cached_model_short_of_an_ability_is_pretrained_again_from_the_next_seed(
+        tiny_world: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    # Pretraining stands in as a function of the seed: which seeds fail is what this test sets.
+    monkeypatch.setattr("kebench_hf.world.cached_world", lambda scale: tiny_world)
+    monkeypatch.setenv("KEBENCH_CACHE", str(tmp_path / "cache"))
+    seeds_run, failing = [], {0}
+
+    def pretrain_by_seed(world: Path, out: Path, config: PretrainConfig) -> dict:
+        seeds_run.append(config.seed)
+        assert config.steps == 4000 and config.vision_steps == 4000  # the lifelong world's recipe
+        accuracy = {**GOOD, "in_context_new_answer": 0.88} if config.seed in failing else GOOD
+        _model_with_record(out, accuracy, config={"seed": config.seed}, data_fingerprint=world_fingerprint(world))
+        if config.seed in failing:
+            raise MissingAbilityError(f"seed {config.seed} short")
+        return json.loads((out / SUMMARY).read_text())
+
+    monkeypatch.setattr(editors.defaults, "pretrain", pretrain_by_seed)
+    with caplog.at_level(logging.WARNING, logger="editors.defaults"):
+        model = world_model("lifelong")
+    assert seeds_run == [0, 1] and json.loads((model / SUMMARY).read_text())["config"]["seed"] == 1
+    assert "of seed 0 lacks in_context_new_answer 0.880 < 0.90" in caplog.text and "from seed 1" in caplog.text
+    assert world_model("lifelong") == model and seeds_run == [0, 1]  # made once
+
+    # A cache left with a short seed's record goes on from the next seed, not from the first.
+    _model_with_record(model, {**GOOD, "in_context_new_answer": 0.88}, config={"seed": 1},
+                       data_fingerprint=world_fingerprint(tiny_world))
+    seeds_run.clear()
+    failing.add(1)
+    assert world_model("lifelong") == model and seeds_run == [2]
+
+    # Every seed short: one line naming the ability, and no seed is tried again.
+    _model_with_record(model, {**GOOD, "in_context_new_answer": 0.88}, config={"seed": 0},
+                       data_fingerprint=world_fingerprint(tiny_world))
+    seeds_run.clear()
+    failing.add(2)
+    with pytest.raises(MissingAbilityError, match="in_context_new_answer 0.880"):
+        world_model("lifelong")
+    assert seeds_run == list(editors.defaults.SEEDS_TRIED[1:])
+    with pytest.raises(MissingAbilityError, match="in_context_new_answer 0.880"):
+        world_model("lifelong")
+    assert seeds_run == list(editors.defaults.SEEDS_TRIED[1:])
+
+
 def test_the_shipped_default_model_was_made_by_this_recipe_on_the_default_world() -> None:
     from kebench_hf.world import default_world
 
