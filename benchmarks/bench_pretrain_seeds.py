@@ -41,8 +41,8 @@ def one_run(seed: int, threads: int, out: Path, cases: int, world: str) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from editors.defaults import WORLD_RECIPES
-    from editors.pretrain import PretrainConfig, pretrain
+    from editors.defaults import world_recipe
+    from editors.pretrain import pretrain
     from editors.run import run
     from editors.run_dir import RunSettings
     from kebench_hf.world import cached_world
@@ -50,7 +50,7 @@ def one_run(seed: int, threads: int, out: Path, cases: int, world: str) -> dict:
     data = cached_world(world)
     started = time.perf_counter()
     try:
-        summary = pretrain(data, out / "model", PretrainConfig(seed=seed, **WORLD_RECIPES.get(world, {})))
+        summary = pretrain(data, out / "model", world_recipe(world, seed=seed))
     except MissingAbilityError as error:  # the model is saved all the same: measure what it does
         print(error, file=sys.stderr)
         summary = json.loads((out / "model" / "pretrain.json").read_text())
@@ -68,7 +68,7 @@ def one_run(seed: int, threads: int, out: Path, cases: int, world: str) -> dict:
 
 def table(results: list[dict]) -> str:
     keys = [*COLUMNS, "ike_reliability", "serac_reliability", "extensions", "pretrain_seconds", "peak_rss_mib"]
-    percent = set(COLUMNS)
+    percent, scores = set(COLUMNS), {f"{method}_reliability" for method in SCORED_METHODS}
     lines = ["| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
 
     def cell(key: str, value: float | None) -> str:
@@ -76,7 +76,7 @@ def table(results: list[dict]) -> str:
             return "-"
         if key in percent:
             return f"{100 * value:.1f}"
-        return f"{value:g}" if key in ("extensions", "pretrain_seconds", "peak_rss_mib") else f"{value:.1f}"
+        return f"{value:.1f}" if key in scores else f"{value:g}"
 
     for result in results:
         name = f"seed {result['seed']}, {result['threads']} thread{'s' if result['threads'] > 1 else ''}"

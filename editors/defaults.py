@@ -52,7 +52,8 @@ def default_model(arch: str = "llava") -> Path:
     # looked up at each call: the world's module is where tests point the default world elsewhere
     from kebench_hf.world import default_world
 
-    return pretrained_model(default_world(), "default", arch, [SHIPPED_DEFAULT_MODEL] if arch == "llava" else [])
+    return pretrained_model(default_world(), "default", [SHIPPED_DEFAULT_MODEL] if arch == "llava" else [],
+                            world_recipe("default", arch=arch))
 
 
 def world_model(scale: str, arch: str = "llava") -> Path:
@@ -63,23 +64,29 @@ def world_model(scale: str, arch: str = "llava") -> Path:
 
     if scale == "default":
         return default_model(arch)
-    return pretrained_model(cached_world(scale), scale, arch, [], WORLD_RECIPES.get(scale, {}))
+    return pretrained_model(cached_world(scale), scale, [], world_recipe(scale, arch=arch))
 
 
-def pretrained_model(world: Path, name: str, arch: str, shipped: list[Path], recipe: dict | None = None) -> Path:
-    """A tiny ``arch`` of this recipe pretrained on ``world``: the first of ``shipped`` made so, else
-    ``<cache>/models/tiny-ARCH-NAME``, pretrained there once (``recipe``: what departs from
-    :class:`PretrainConfig`'s defaults) if it is missing or stale, from the next of :data:`SEEDS_TRIED`
-    while a seed's model stays short of an ability."""
+def world_recipe(scale: str, **fields: object) -> PretrainConfig:
+    """How the tiny model of the world ``scale`` is pretrained: :class:`PretrainConfig`'s defaults but
+    for what :data:`WORLD_RECIPES` and ``fields`` set."""
+    return PretrainConfig(**{**WORLD_RECIPES.get(scale, {}), **fields})
+
+
+def pretrained_model(world: Path, name: str, shipped: list[Path], config: PretrainConfig) -> Path:
+    """A tiny ``config.arch`` of this recipe pretrained on ``world``: the first of ``shipped`` made so,
+    else ``<cache>/models/tiny-ARCH-NAME``, pretrained there by ``config`` once if it is missing or
+    stale, from the next of :data:`SEEDS_TRIED` while a seed's model stays short of an ability."""
     from kebench_hf.world import world_fingerprint
 
     fingerprint = world_fingerprint(world)
     found = next(((path, summary) for path in shipped if (summary := _usable_record(path, fingerprint))), None)
     if found is None:
-        out = cache_dir() / "models" / f"tiny-{arch}-{name}"
-        found = out, _usable_record(out, fingerprint)
-        if _next_seed(found[1]) is not None:
-            found = out, _pretrain_in_cache(world, out, fingerprint, PretrainConfig(arch=arch, **(recipe or {})))
+        out = cache_dir() / "models" / f"tiny-{config.arch}-{name}"
+        summary = _usable_record(out, fingerprint)
+        if _next_seed(summary) is not None:
+            summary = _pretrain_in_cache(world, out, fingerprint, config)
+        found = out, summary
     path, summary = found
     missing = shortfalls(summary["accuracy"])
     if missing:
